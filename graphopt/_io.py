@@ -1,0 +1,152 @@
+"""Loading, validating and atomically saving ONNX models (with external data above 2 GB)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import onnx
+import onnx_ir as ir
+from google.protobuf.message import DecodeError
+
+from graphopt.errors import InputError, InvalidModelError, UnsupportedError
+
+__all__ = [
+    "EXTERNAL_DATA_THRESHOLD",
+    "atomic_output",
+    "check_output_path",
+    "load_model",
+    "model_bytes",
+    "save_model",
+    "validate_model",
+]
+
+# Protobuf cannot serialise a message over 2 GiB; stay well below it.
+EXTERNAL_DATA_THRESHOLD = 1 << 30
+
+
+def load_model(path: str | os.PathLike[str], *, validate: bool = True) -> ir.Model:
+    """Load an ONNX file (external data stays lazy) and check that it is a valid graph."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{p}: no such file")
+    if not p.is_file():
+        raise InputError(f"{p}: not a file")
+    if p.stat().st_size == 0:
+        raise InvalidModelError(f"{p}: empty file, not an ONNX model")
+    try:
+        model = ir.load(p)
+    except (DecodeError, ValueError, RuntimeError, TypeError, KeyError, IndexError, UnicodeDecodeError) as exc:
+        raise InvalidModelError(f"{p}: not a readable ONNX model ({_first_line(exc)})") from exc
+    except OSError as exc:
+        raise InputError(f"{p}: cannot read ({exc.strerror or exc})") from exc
+    if validate:
+        validate_model(model, source=str(p))
+    return model
+
+
+def validate_model(model: ir.Model, *, source: str = "model") -> None:
+    """Raise :class:`InvalidModelError` unless the model is a well-formed ONNX graph."""
+    graph = model.graph
+    if not graph.outputs:
+        raise InvalidModelError(f"{source}: the graph has no outputs (is this an ONNX model?)")
+    known = {v.name for v in graph.inputs} | set(graph.initializers)
+    for node in graph:
+        for value in node.inputs:
+            if value is None or value.producer() is not None or value.name in known:
+                continue
+            raise InvalidModelError(
+                f"{source}: node {node.name or node.op_type!r} reads {value.name!r}, "
+                "which is neither a graph input, an initializer nor a node output"
+            )
+    try:
+        graph.sort()
+    except Exception as exc:  # onnx_ir raises a plain ValueError on cycles
+        raise InvalidModelError(f"{source}: the graph is not a DAG ({_first_line(exc)})") from exc
+    if model_bytes(model) < EXTERNAL_DATA_THRESHOLD:
+        proto = ir.serde.serialize_model(model)
+        try:
+            onnx.checker.check_model(proto)
+        except onnx.checker.ValidationError as exc:
+            message = _first_line(exc)
+            if "No Op registered" in message or "No opset import" in message:
+                raise UnsupportedError(f"{source}: {message}") from exc
+            raise InvalidModelError(f"{source}: invalid ONNX model ({message})") from exc
+
+
+def model_bytes(model: ir.Model) -> int:
+    """Total bytes of the model's initializers (the bulk of any real model)."""
+    total = 0
+    for value in model.graph.initializers.values():
+        if value.const_value is not None:
+            total += value.const_value.nbytes
+    return total
+
+
+def check_output_path(output: str | os.PathLike[str], *inputs: str | os.PathLike[str]) -> Path:
+    """Refuse an output that would overwrite an input or land in a missing/unwritable folder."""
+    out = Path(output)
+    for src in inputs:
+        if Path(src).exists() and out.exists() and os.path.samefile(src, out):
+            raise InputError(f"{out}: refusing to overwrite the input model; choose another output path")
+        if Path(src).resolve() == out.resolve():
+            raise InputError(f"{out}: refusing to overwrite the input model; choose another output path")
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise InputError(f"{out}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise InputError(f"{out}: folder {parent} is not writable")
+    if out.is_dir():
+        raise InputError(f"{out}: is a folder, expected a file path")
+    return out
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary folder in ``path``'s folder; files written there named like ``path`` (or
+    ``path``'s name plus a suffix) are renamed into place only if the block succeeds."""
+    out = Path(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent or "."))
+    try:
+        yield tmp
+        # Companion files (external data) first, the model last: a reader never sees a model
+        # whose data is missing.
+        produced = sorted(tmp.iterdir(), key=lambda f: f.name == out.name)
+        for item in produced:
+            os.replace(item, out.parent / item.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def save_model(
+    model: ir.Model,
+    path: str | os.PathLike[str],
+    *,
+    external_data: bool | None = None,
+) -> Path:
+    """Write ``model`` to ``path`` atomically.
+
+    ``external_data=None`` stores weights in ``<name>.data`` beside the model only when they exceed
+    :data:`EXTERNAL_DATA_THRESHOLD` (protobuf's 2 GiB limit would otherwise be hit).
+    """
+    out = Path(path)
+    use_external = model_bytes(model) >= EXTERNAL_DATA_THRESHOLD if external_data is None else external_data
+    try:
+        with atomic_output(out) as tmp:
+            target = tmp / out.name
+            if use_external:
+                ir.save(model, target, external_data=f"{out.name}.data", size_threshold_bytes=1024)
+            else:
+                ir.save(model, target)
+    except OSError as exc:
+        raise InputError(f"{out}: cannot write ({exc.strerror or exc})") from exc
+    return out
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:300]

@@ -1,0 +1,20 @@
+"""Rewrite passes, one module per family. Importing a module registers its passes."""
+
+from graphopt.rewrites.cleanup import (
+    DeduplicatePass,
+    EliminateNoOpsPass,
+    FoldConstantsPass,
+    RemoveDeadCodePass,
+    SimplifyShapesPass,
+)
+from graphopt.rewrites.fusion import FuseForOnnxruntimePass, FuseStandardOpsPass
+
+__all__ = [
+    "DeduplicatePass",
+    "EliminateNoOpsPass",
+    "FoldConstantsPass",
+    "FuseForOnnxruntimePass",
+    "FuseStandardOpsPass",
+    "RemoveDeadCodePass",
+    "SimplifyShapesPass",
+]

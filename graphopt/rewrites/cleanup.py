@@ -1,0 +1,160 @@
+"""Output-preserving cleanup passes: constant folding, dead code, no-ops, shapes, duplicates."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import onnx_ir as ir
+import onnx_ir.passes.common as common_passes
+import onnxscript.optimizer
+from onnxscript import rewriter
+from onnxscript.rewriter.rules import common as rules
+
+from graphopt.errors import UsageError
+from graphopt.passes import GraphoptPass, PassSettings, register_pass, setting
+
+__all__ = [
+    "DeduplicatePass",
+    "EliminateNoOpsPass",
+    "FoldConstantsPass",
+    "RemoveDeadCodePass",
+    "SimplifyShapesPass",
+]
+
+
+def _run_all(model: ir.Model, passes: list[ir.passes.PassBase]) -> bool:
+    modified = False
+    for pass_ in passes:
+        modified = pass_(model).modified or modified
+    return modified
+
+
+@register_pass
+class FoldConstantsPass(GraphoptPass):
+    """Evaluate nodes whose inputs are all constant: ``op(c1, ..., cn) -> c``.
+
+    Also folds shape computations that shape inference makes static (``Shape(x) -> c`` when the
+    shape of ``x`` is known). Tensors above ``output_size_limit`` elements stay computed at run time.
+    """
+
+    name = "fold-constants"
+
+    @dataclasses.dataclass(frozen=True)
+    class Settings(PassSettings):
+        shape_inference: bool = setting(True, "run ONNX shape inference while folding")
+        input_size_limit: int = setting(1 << 20, "largest constant input (elements) a folded node may read")
+        output_size_limit: int = setting(1 << 22, "largest tensor (elements) folding may create")
+
+        def validate(self) -> None:
+            if self.input_size_limit <= 0 or self.output_size_limit <= 0:
+                raise UsageError("fold-constants: size limits must be positive")
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        result = onnxscript.optimizer.fold_constants(
+            model,
+            onnx_shape_inference=self.settings.shape_inference,
+            input_size_limit=self.settings.input_size_limit,
+            output_size_limit=self.settings.output_size_limit,
+        )
+        return ir.passes.PassResult(model, bool(result.modified))
+
+
+@register_pass
+class RemoveDeadCodePass(GraphoptPass):
+    """Drop nodes, functions and opset imports that no graph output depends on."""
+
+    name = "remove-dead-code"
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        modified = _run_all(model, [
+            common_passes.RemoveUnusedNodesPass(),
+            common_passes.RemoveUnusedFunctionsPass(),
+            common_passes.RemoveUnusedOpsetsPass(),
+        ])
+        return ir.passes.PassResult(model, modified)
+
+
+_NO_OP_RULES = (
+    rules.add_0_rule,
+    rules.sub_0_rule,
+    rules.mul_by_1_rule,
+    rules.div_by_1_rule,
+    rules.dropout_zero_rule,
+    rules.dropout_inference_rule,
+    rules.no_op_cast_rule,
+    rules.no_op_expand_rule,
+    rules.no_op_transpose_rule,
+    rules.no_op_static_scatter_nd_rule,
+    rules.no_op_dynamic_scatter_nd_rule,
+)
+
+
+@register_pass
+class EliminateNoOpsPass(GraphoptPass):
+    """Remove nodes that return their input unchanged.
+
+    ``Identity(x) -> x``, ``Add(x, 0) -> x``, ``Mul(x, 1) -> x``, ``Dropout(x) -> x`` (inference),
+    ``Cast(x, to=dtype(x)) -> x``, ``Transpose(x, perm=identity) -> x``, ``Expand(x, shape(x)) -> x``.
+    Graph outputs keep their names.
+    """
+
+    name = "remove-no-ops"
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        modified = _run_all(model, [
+            common_passes.IdentityEliminationPass(),
+            rewriter.RewritePass(list(_NO_OP_RULES)),
+        ])
+        return ir.passes.PassResult(model, modified)
+
+
+_SHAPE_RULES = (
+    rules.reshape_reshape_rule,
+    rules.unsqueeze_unsqueeze_rule,
+    rules.squeeze_reshape_1d_rule,
+    rules.cast_cast_rule,
+    rules.transpose_transpose_rule,
+    rules.flatten_to_reshape_rule,
+    rules.collapse_slice_rule,
+    rules.collapse_slice2_rule,
+    rules.slice_split_rule,
+    rules.materialize_reshape_shape_rule,
+    rules.cast_constant_of_shape_rule,
+    rules.cast_constant_of_shape_without_value_rule,
+    rules.one_reshape_matmul_reshape_rule,
+    rules.two_reshapes_matmul_reshape_rule,
+    *rules.expand_before_binary_op_rules,
+)
+
+
+@register_pass
+class SimplifyShapesPass(GraphoptPass):
+    """Collapse chains of shape-only ops.
+
+    ``Reshape(Reshape(x, s1), s2) -> Reshape(x, s2)``, ``Unsqueeze(Unsqueeze(x, a), b) -> Unsqueeze(x, a+b)``,
+    ``Transpose(Transpose(x, p), q) -> Transpose(x, p∘q)``, full-range ``Slice(x) -> x``,
+    ``Reshape(x, Concat(Shape(x)[i], ...)) -> Reshape(x, c)`` when the dims are known.
+    """
+
+    name = "simplify-shapes"
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        modified = _run_all(model, [
+            common_passes.ShapeInferencePass(),
+            rewriter.RewritePass(list(_SHAPE_RULES)),
+        ])
+        return ir.passes.PassResult(model, modified)
+
+
+@register_pass
+class DeduplicatePass(GraphoptPass):
+    """Merge identical initializers and common subexpressions: ``f(x), f(x) -> y = f(x); y, y``."""
+
+    name = "deduplicate"
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        modified = _run_all(model, [
+            common_passes.DeduplicateInitializersPass(),
+            common_passes.CommonSubexpressionEliminationPass(),
+        ])
+        return ir.passes.PassResult(model, modified)

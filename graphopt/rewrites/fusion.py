@@ -1,0 +1,90 @@
+"""Output-preserving fusions: standard ONNX ops, and onnxruntime's contrib kernels."""
+
+from __future__ import annotations
+
+import logging
+
+import onnx_ir as ir
+from onnxscript import rewriter
+from onnxscript.rewriter.rules import common as rules
+
+from graphopt.passes import GraphoptPass, register_pass
+
+__all__ = ["FuseForOnnxruntimePass", "FuseStandardOpsPass"]
+
+logger = logging.getLogger(__name__)
+
+_STANDARD_RULES = (
+    rules.fuse_batchnorm_into_conv_rule,
+    rules.fuse_batchnorm_into_conv_transpose_rule,
+    rules.fuse_batchnorm_into_gemm_rule,
+    rules.fuse_pad_into_conv_rule,
+    rules.normalize_pad_format_conv_rule,
+    rules.successive_relu_rule,
+    rules.successive_clip_rule,
+    rules.successive_clip_relu_rule,
+    rules.successive_relu_clip_rule,
+    rules.min_min_rule,
+    rules.max_max_rule,
+    rules.min_max_rule,
+    rules.max_min_rule,
+    rules.remove_optional_bias_from_conv_rule,
+    rules.remove_optional_bias_from_gemm_rule,
+)
+
+
+def _layer_norm_rules() -> list[rewriter.RewriteRule]:
+    from onnxscript.rewriter.rules.fusion._layer_norm import layer_normalization_rules
+
+    return list(layer_normalization_rules)
+
+
+def _default_opset(model: ir.Model) -> int:
+    return model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0))
+
+
+@register_pass
+class FuseStandardOpsPass(GraphoptPass):
+    """Fuse op sequences into fewer standard ONNX ops.
+
+    ``BatchNormalization(Conv(x, W, b)) -> Conv(x, W*s, (b-mean)*s+beta)`` with ``s = gamma/sqrt(var+eps)``,
+    ``Conv(Pad(x)) -> Conv(x, pads)``, ``Relu(Relu(x)) -> Relu(x)``, ``Min(Max(x, a), b) -> Clip(x, a, b)``,
+    and (opset >= 17) ``(x - mean(x)) / sqrt(var(x) + eps) * g + b -> LayerNormalization(x, g, b)``.
+    """
+
+    name = "fuse-standard"
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        selected = list(_STANDARD_RULES)
+        if _default_opset(model) >= 17:
+            selected += _layer_norm_rules()
+        result = rewriter.RewritePass(selected)(model)
+        return ir.passes.PassResult(model, result.modified)
+
+
+@register_pass
+class FuseForOnnxruntimePass(GraphoptPass):
+    """Fuse transformer subgraphs into onnxruntime's contrib kernels (``com.microsoft`` domain).
+
+    ``Softmax(Q·Kᵀ·s + mask)·V -> MultiHeadAttention(Q, K, V, mask)``, ``LayerNorm(x + r) -> SkipLayerNormalization``,
+    ``x·Φ(x) -> Gelu(x)``, ``Add(MatMul) + Gelu -> BiasGelu``, rotary embeddings and RMSNorm likewise.
+    The result runs only on onnxruntime; use the ``portable`` recipe for other runtimes.
+    """
+
+    name = "fuse-ort"
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        from onnxscript.rewriter.ort_fusions import optimize_for_ort
+
+        before = _fingerprint(model)
+        _, counts = optimize_for_ort(model)
+        fused = {k: v for k, v in counts.items() if v}
+        if fused:
+            logger.info("fuse-ort: %s", fused)
+        return ir.passes.PassResult(model, _fingerprint(model) != before)
+
+
+def _fingerprint(model: ir.Model) -> tuple[tuple[str, str, int, int], ...]:
+    return tuple(
+        (node.domain, node.op_type, len(node.inputs), len(node.outputs)) for node in model.graph.all_nodes()
+    ) + tuple((name, "init", 0, 0) for name in model.graph.initializers)
