@@ -13,7 +13,7 @@ import onnx
 import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
-from graphopt.errors import InputError, InvalidModelError, UnsupportedError
+from graphopt.errors import InputError, InvalidModelError, UnsupportedError, one_line
 
 __all__ = [
     "EXTERNAL_DATA_THRESHOLD",
@@ -41,7 +41,7 @@ def load_model(path: str | os.PathLike[str], *, validate: bool = True) -> ir.Mod
     try:
         model = ir.load(p)
     except (DecodeError, ValueError, RuntimeError, TypeError, KeyError, IndexError, UnicodeDecodeError) as exc:
-        raise InvalidModelError(f"{p}: not a readable ONNX model ({_first_line(exc)})") from exc
+        raise InvalidModelError(f"{p}: not a readable ONNX model ({one_line(exc)})") from exc
     except OSError as exc:
         raise InputError(f"{p}: cannot read ({exc.strerror or exc})") from exc
     if validate:
@@ -66,13 +66,13 @@ def validate_model(model: ir.Model, *, source: str = "model") -> None:
     try:
         graph.sort()
     except Exception as exc:  # onnx_ir raises a plain ValueError on cycles
-        raise InvalidModelError(f"{source}: the graph is not a DAG ({_first_line(exc)})") from exc
+        raise InvalidModelError(f"{source}: the graph is not a DAG ({one_line(exc)})") from exc
     if model_bytes(model) < EXTERNAL_DATA_THRESHOLD:
         proto = ir.serde.serialize_model(model)
         try:
             onnx.checker.check_model(proto)
         except onnx.checker.ValidationError as exc:
-            message = _first_line(exc)
+            message = one_line(exc)
             if "No Op registered" in message or "No opset import" in message:
                 raise UnsupportedError(f"{source}: {message}") from exc
             raise InvalidModelError(f"{source}: invalid ONNX model ({message})") from exc
@@ -147,6 +147,3 @@ def save_model(
     return out
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:300]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 __all__ = [
     "CheckFailed",
+    "one_line",
     "ExportError",
     "GraphoptError",
     "InputError",
@@ -52,3 +53,9 @@ class CheckFailed(GraphoptError):
     """A verification or fidelity check ran and did not pass."""
 
     exit_code = 1
+
+
+def one_line(exc: BaseException, limit: int = 400) -> str:
+    """An exception's message folded onto one line (runtimes often put the detail on line two)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -7,6 +7,7 @@ import os
 import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx_ir as ir
@@ -53,7 +54,7 @@ def input_specs(model: ir.Model) -> list[InputSpec]:
         if value.shape is not None:
             shape = tuple(d if isinstance(d, int) else (d.value if d.value else None) for d in value.shape)
         high = _integer_bound(value) if np.issubdtype(dtype, np.integer) else None
-        specs.append(InputSpec(value.name, np.dtype(dtype), shape, high))
+        specs.append(InputSpec(value.name or "", np.dtype(dtype), shape, high))
     return specs
 
 
@@ -210,7 +211,8 @@ def save_feeds(feeds: Mapping[str, np.ndarray], path: str | os.PathLike[str]) ->
     out = Path(path)
     with atomic_output(out) as tmp:
         with open(tmp / out.name, "wb") as handle:
-            np.savez(handle, **dict(feeds))
+            arrays: dict[str, Any] = dict(feeds)
+            np.savez(handle, **arrays)
     return out
 
 

@@ -14,7 +14,7 @@ import importlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 import onnx_ir as ir
 
@@ -76,15 +76,20 @@ class PassSettings:
         ]
 
 
-class GraphoptPass(ir.passes.InPlacePass):
+SettingsT = TypeVar("SettingsT", bound=PassSettings)
+
+
+class GraphoptPass(ir.passes.InPlacePass, Generic[SettingsT]):
     """Base class of graphopt's passes.
 
-    Subclasses set ``name`` (the registry and recipe name), ``Settings`` and, for passes that
+    Subclasses set ``name`` (the registry and recipe name), ``Settings`` (their settings class,
+    also the type parameter: ``class FooPass(GraphoptPass[FooSettings])``) and, for passes that
     change outputs (quantization, pruning), ``output_preserving = False``; they implement ``call``.
     """
 
     name: ClassVar[str] = ""
-    Settings: ClassVar[type[PassSettings]] = PassSettings
+    Settings: ClassVar[type[Any]] = PassSettings
+    settings: SettingsT
     output_preserving: ClassVar[bool] = True
 
     def __init__(self, **settings: Any) -> None:
@@ -106,10 +111,12 @@ class GraphoptPass(ir.passes.InPlacePass):
         return f"{type(self).__name__}({self.settings})"
 
 
-_REGISTRY: dict[str, type[GraphoptPass]] = {}
+PassT = TypeVar("PassT", bound="GraphoptPass[Any]")
+
+_REGISTRY: dict[str, type[GraphoptPass[Any]]] = {}
 
 
-def register_pass(cls: type[GraphoptPass]) -> type[GraphoptPass]:
+def register_pass(cls: type[PassT]) -> type[PassT]:
     """Class decorator that makes a pass available to recipes under ``cls.name``."""
     if not cls.name:
         raise TypeError(f"{cls.__name__} has no name")
@@ -124,20 +131,20 @@ def _load_builtin_passes() -> None:
         importlib.import_module(module)
 
 
-def available_passes() -> dict[str, type[GraphoptPass]]:
+def available_passes() -> dict[str, type[GraphoptPass[Any]]]:
     """All registered passes by name."""
     _load_builtin_passes()
     return dict(sorted(_REGISTRY.items()))
 
 
-def get_pass_class(name: str) -> type[GraphoptPass]:
+def get_pass_class(name: str) -> type[GraphoptPass[Any]]:
     passes = available_passes()
     if name not in passes:
         raise UsageError(f"unknown pass {name!r}; available: {', '.join(passes)}")
     return passes[name]
 
 
-def create_pass(name: str, settings: Mapping[str, Any] | None = None) -> GraphoptPass:
+def create_pass(name: str, settings: Mapping[str, Any] | None = None) -> GraphoptPass[Any]:
     """Instantiate a registered pass with validated settings."""
     return get_pass_class(name)(**dict(settings or {}))
 
@@ -145,9 +152,9 @@ def create_pass(name: str, settings: Mapping[str, Any] | None = None) -> Graphop
 class PassHook(Protocol):
     """Cross-cutting work around each pass (timing, dumping, verification)."""
 
-    def before(self, pass_: GraphoptPass, model: ir.Model) -> None: ...
+    def before(self, pass_: GraphoptPass[Any], model: ir.Model) -> None: ...
 
-    def after(self, pass_: GraphoptPass, result: ir.passes.PassResult) -> None: ...
+    def after(self, pass_: GraphoptPass[Any], result: ir.passes.PassResult) -> None: ...
 
 
 class TimingHook:
@@ -157,10 +164,10 @@ class TimingHook:
         self.records: list[dict[str, Any]] = []
         self._start = 0.0
 
-    def before(self, pass_: GraphoptPass, model: ir.Model) -> None:
+    def before(self, pass_: GraphoptPass[Any], model: ir.Model) -> None:
         self._start = time.perf_counter()
 
-    def after(self, pass_: GraphoptPass, result: ir.passes.PassResult) -> None:
+    def after(self, pass_: GraphoptPass[Any], result: ir.passes.PassResult) -> None:
         seconds = time.perf_counter() - self._start
         nodes = sum(1 for _ in result.model.graph.all_nodes())
         self.records.append(
@@ -171,7 +178,7 @@ class TimingHook:
 
 def run_passes(
     model: ir.Model,
-    passes: Iterable[GraphoptPass],
+    passes: Iterable[GraphoptPass[Any]],
     hooks: Sequence[PassHook] = (),
     progress: Callable[[str], None] | None = None,
 ) -> bool:

@@ -57,7 +57,7 @@ class Recipe:
     rtol: float = 1e-3
     description: str = ""
 
-    def build(self) -> list[GraphoptPass]:
+    def build(self) -> list[GraphoptPass[Any]]:
         """Instantiate (and so validate) every step's pass."""
         return [create_pass(step.pass_name, step.settings) for step in self.steps]
 

@@ -10,7 +10,7 @@ from typing import Any
 import onnx_ir as ir
 
 from graphopt._io import EXTERNAL_DATA_THRESHOLD, model_bytes, save_model
-from graphopt.errors import InputError, UnsupportedError, UsageError
+from graphopt.errors import InputError, UnsupportedError, UsageError, one_line
 
 __all__ = ["available_providers", "make_session", "onnxruntime_flavour", "resolve_providers"]
 
@@ -74,7 +74,9 @@ def make_session(
     }
     options.graph_optimization_level = levels[optimization]
     options.log_severity_level = 3
-    if threads:
+    if threads is not None:
+        if threads < 1:
+            raise UsageError("threads must be at least 1")
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
     providers = resolve_providers(provider)
@@ -91,7 +93,7 @@ def _create(ort: Any, source: Any, options: Any, providers: list[str]) -> Any:
     try:
         return ort.InferenceSession(source, sess_options=options, providers=providers)
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/NotImplemented types
-        message = str(exc).strip().splitlines()[0][:400] if str(exc).strip() else type(exc).__name__
+        message = one_line(exc)
         if "NOT_IMPLEMENTED" in message or "Could not find an implementation" in message:
             raise UnsupportedError(f"onnxruntime cannot run this model: {message}") from exc
         raise InputError(f"onnxruntime rejected the model: {message}") from exc

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from graphopt.errors import InputError
+from graphopt.errors import InputError, one_line
 from graphopt.feeds import Feeds, input_specs, iter_batches, validate_feeds
 from graphopt.runtime import make_session
 
@@ -156,5 +156,4 @@ def _run(session: Any, names: list[str], feeds: Mapping[str, np.ndarray]) -> lis
     try:
         return list(session.run(names, dict(feeds)))
     except Exception as exc:  # onnxruntime raises its own exception types for bad feeds
-        message = str(exc).strip().splitlines()[0][:400] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"onnxruntime could not run the model on these feeds: {message}") from exc
+        raise InputError(f"onnxruntime could not run the model on these feeds: {one_line(exc)}") from exc

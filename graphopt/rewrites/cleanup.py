@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
@@ -15,11 +16,25 @@ from graphopt.passes import GraphoptPass, PassSettings, register_pass, setting
 
 __all__ = [
     "DeduplicatePass",
+    "FoldConstantsSettings",
     "EliminateNoOpsPass",
     "FoldConstantsPass",
     "RemoveDeadCodePass",
     "SimplifyShapesPass",
 ]
+
+
+class _SkipOverridableInitializerNotice(logging.Filter):
+    """onnx_ir warns once per initializer that is also a graph input (common in IR < 4 models) each
+    time initializers are deduplicated; skipping them is the correct behaviour, not a problem."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "as it is a graph input or output" not in str(record.msg)
+
+
+logging.getLogger(common_passes.DeduplicateInitializersPass.__module__).addFilter(
+    _SkipOverridableInitializerNotice()
+)
 
 
 def _run_all(model: ir.Model, passes: list[ir.passes.PassBase]) -> bool:
@@ -29,25 +44,27 @@ def _run_all(model: ir.Model, passes: list[ir.passes.PassBase]) -> bool:
     return modified
 
 
+@dataclasses.dataclass(frozen=True)
+class FoldConstantsSettings(PassSettings):
+    shape_inference: bool = setting(True, "run ONNX shape inference while folding")
+    input_size_limit: int = setting(1 << 20, "largest constant input (elements) a folded node may read")
+    output_size_limit: int = setting(1 << 22, "largest tensor (elements) folding may create")
+
+    def validate(self) -> None:
+        if self.input_size_limit <= 0 or self.output_size_limit <= 0:
+            raise UsageError("fold-constants: size limits must be positive")
+
+
 @register_pass
-class FoldConstantsPass(GraphoptPass):
+class FoldConstantsPass(GraphoptPass[FoldConstantsSettings]):
     """Evaluate nodes whose inputs are all constant: ``op(c1, ..., cn) -> c``.
 
-    Also folds shape computations that shape inference makes static (``Shape(x) -> c`` when the
+    Nodes left unused by folding are removed. Also folds shape computations that shape inference makes static (``Shape(x) -> c`` when the
     shape of ``x`` is known). Tensors above ``output_size_limit`` elements stay computed at run time.
     """
 
     name = "fold-constants"
-
-    @dataclasses.dataclass(frozen=True)
-    class Settings(PassSettings):
-        shape_inference: bool = setting(True, "run ONNX shape inference while folding")
-        input_size_limit: int = setting(1 << 20, "largest constant input (elements) a folded node may read")
-        output_size_limit: int = setting(1 << 22, "largest tensor (elements) folding may create")
-
-        def validate(self) -> None:
-            if self.input_size_limit <= 0 or self.output_size_limit <= 0:
-                raise UsageError("fold-constants: size limits must be positive")
+    Settings = FoldConstantsSettings
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         result = onnxscript.optimizer.fold_constants(
@@ -56,11 +73,14 @@ class FoldConstantsPass(GraphoptPass):
             input_size_limit=self.settings.input_size_limit,
             output_size_limit=self.settings.output_size_limit,
         )
-        return ir.passes.PassResult(model, bool(result.modified))
+        if not result.modified:
+            return ir.passes.PassResult(model, False)
+        common_passes.RemoveUnusedNodesPass()(model)  # the constants that were folded away
+        return ir.passes.PassResult(model, True)
 
 
 @register_pass
-class RemoveDeadCodePass(GraphoptPass):
+class RemoveDeadCodePass(GraphoptPass[PassSettings]):
     """Drop nodes, functions and opset imports that no graph output depends on."""
 
     name = "remove-dead-code"
@@ -90,7 +110,7 @@ _NO_OP_RULES = (
 
 
 @register_pass
-class EliminateNoOpsPass(GraphoptPass):
+class EliminateNoOpsPass(GraphoptPass[PassSettings]):
     """Remove nodes that return their input unchanged.
 
     ``Identity(x) -> x``, ``Add(x, 0) -> x``, ``Mul(x, 1) -> x``, ``Dropout(x) -> x`` (inference),
@@ -101,9 +121,10 @@ class EliminateNoOpsPass(GraphoptPass):
     name = "remove-no-ops"
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
+        # The rules replace a no-op by Identity, which the elimination pass then removes.
         modified = _run_all(model, [
-            common_passes.IdentityEliminationPass(),
             rewriter.RewritePass(list(_NO_OP_RULES)),
+            common_passes.IdentityEliminationPass(),
         ])
         return ir.passes.PassResult(model, modified)
 
@@ -128,33 +149,30 @@ _SHAPE_RULES = (
 
 
 @register_pass
-class SimplifyShapesPass(GraphoptPass):
+class SimplifyShapesPass(GraphoptPass[PassSettings]):
     """Collapse chains of shape-only ops.
 
     ``Reshape(Reshape(x, s1), s2) -> Reshape(x, s2)``, ``Unsqueeze(Unsqueeze(x, a), b) -> Unsqueeze(x, a+b)``,
     ``Transpose(Transpose(x, p), q) -> Transpose(x, p∘q)``, full-range ``Slice(x) -> x``,
     ``Reshape(x, Concat(Shape(x)[i], ...)) -> Reshape(x, c)`` when the dims are known.
+    Rules that need shapes use those already on the values: run it after ``fold-constants``,
+    which infers them.
     """
 
     name = "simplify-shapes"
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        modified = _run_all(model, [
-            common_passes.ShapeInferencePass(),
-            rewriter.RewritePass(list(_SHAPE_RULES)),
-        ])
+        modified = _run_all(model, [rewriter.RewritePass(list(_SHAPE_RULES))])
         return ir.passes.PassResult(model, modified)
 
 
 @register_pass
-class DeduplicatePass(GraphoptPass):
+class DeduplicatePass(GraphoptPass[PassSettings]):
     """Merge identical initializers and common subexpressions: ``f(x), f(x) -> y = f(x); y, y``."""
 
     name = "deduplicate"
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        modified = _run_all(model, [
-            common_passes.DeduplicateInitializersPass(),
-            common_passes.CommonSubexpressionEliminationPass(),
-        ])
+        modified = _run_all(model, [common_passes.DeduplicateInitializersPass()])
+        modified = _run_all(model, [common_passes.CommonSubexpressionEliminationPass()]) or modified
         return ir.passes.PassResult(model, modified)

@@ -8,7 +8,7 @@ import onnx_ir as ir
 from onnxscript import rewriter
 from onnxscript.rewriter.rules import common as rules
 
-from graphopt.passes import GraphoptPass, register_pass
+from graphopt.passes import GraphoptPass, PassSettings, register_pass
 
 __all__ = ["FuseForOnnxruntimePass", "FuseStandardOpsPass"]
 
@@ -44,7 +44,7 @@ def _default_opset(model: ir.Model) -> int:
 
 
 @register_pass
-class FuseStandardOpsPass(GraphoptPass):
+class FuseStandardOpsPass(GraphoptPass[PassSettings]):
     """Fuse op sequences into fewer standard ONNX ops.
 
     ``BatchNormalization(Conv(x, W, b)) -> Conv(x, W*s, (b-mean)*s+beta)`` with ``s = gamma/sqrt(var+eps)``,
@@ -62,8 +62,13 @@ class FuseStandardOpsPass(GraphoptPass):
         return ir.passes.PassResult(model, result.modified)
 
 
+_TRANSFORMER_MARKERS = frozenset(
+    {"Softmax", "ReduceMean", "LayerNormalization", "SimplifiedLayerNormalization", "Erf", "Tanh", "Gelu"}
+)
+
+
 @register_pass
-class FuseForOnnxruntimePass(GraphoptPass):
+class FuseForOnnxruntimePass(GraphoptPass[PassSettings]):
     """Fuse transformer subgraphs into onnxruntime's contrib kernels (``com.microsoft`` domain).
 
     ``Softmax(Q·Kᵀ·s + mask)·V -> MultiHeadAttention(Q, K, V, mask)``, ``LayerNorm(x + r) -> SkipLayerNormalization``,
@@ -76,6 +81,10 @@ class FuseForOnnxruntimePass(GraphoptPass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         from onnxscript.rewriter.ort_fusions import optimize_for_ort
 
+        ops = {node.op_type for node in model.graph.all_nodes()}
+        if "MatMul" not in ops or not ops & _TRANSFORMER_MARKERS:
+            # The fusions only match transformer subgraphs; on other graphs they cost seconds.
+            return ir.passes.PassResult(model, False)
         before = _fingerprint(model)
         _, counts = optimize_for_ort(model)
         fused = {k: v for k, v in counts.items() if v}

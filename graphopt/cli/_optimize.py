@@ -1,0 +1,141 @@
+"""``graphopt optimize MODEL -o OUT``: apply a recipe, verify it, measure it, write the result."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from graphopt.cli._common import add_feed_args, emit_json, print_table
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "optimize",
+        help="rewrite a model with a recipe (default: output-preserving cleanup)",
+        description="Apply a recipe of passes, verify the result against the original in onnxruntime, "
+        "compare latency, and write the model atomically. The input is never modified.",
+    )
+    parser.add_argument("model", help="input model (.onnx)")
+    parser.add_argument("-o", "--output", help="where to write the optimized model")
+    parser.add_argument("--recipe", default="default",
+                        help="named recipe (default, portable, minimal) or a .json/.yaml recipe file")
+    add_feed_args(parser)
+    parser.add_argument("--atol", type=float, help="verification tolerance (default: the recipe's)")
+    parser.add_argument("--rtol", type=float, help="verification tolerance (default: the recipe's)")
+    parser.add_argument("--no-verify", action="store_true", help="skip verification (not recommended)")
+    parser.add_argument("--no-bench", action="store_true", help="skip the latency comparison")
+    parser.add_argument("--threads", type=int, help="onnxruntime threads for the latency comparison")
+    parser.add_argument("--dry-run", action="store_true", help="print the recipe that would run, and stop")
+    parser.add_argument("--save-recipe", metavar="FILE", help="write the recipe (.json or .yaml) to replay this run")
+    parser.add_argument("--external-data", action="store_true", help="store weights in OUT.data")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from graphopt._io import check_output_path, load_model, model_bytes, save_model
+    from graphopt.errors import UsageError
+    from graphopt.passes import TimingHook
+    from graphopt.recipes import apply_recipe, resolve_recipe
+    from graphopt.verify import verify_models
+
+    recipe = resolve_recipe(args.recipe)
+    if args.atol is not None or args.rtol is not None:
+        import dataclasses
+
+        recipe = dataclasses.replace(recipe, atol=recipe.atol if args.atol is None else args.atol,
+                                     rtol=recipe.rtol if args.rtol is None else args.rtol)
+    if args.dry_run:
+        sys.stdout.write(recipe.dumps("json" if args.json else "yaml"))
+        return 0
+    if not args.output:
+        raise UsageError("missing -o/--output")
+    output = check_output_path(args.output, args.model)
+    model = load_model(args.model)
+    before = _stats(model, model_bytes(model), Path(args.model))
+    feeds = None if args.no_verify and args.no_bench else _feeds(args, model)
+    signature = load_model(args.model) if not args.no_verify else None
+
+    timing = TimingHook()
+    apply_recipe(model, recipe, hooks=[timing], progress=None if args.json else _progress)
+    report: dict[str, Any] = {"recipe": recipe.to_dict(), "passes": timing.records}
+
+    if not args.no_verify:
+        assert feeds is not None
+        verdict = verify_models(args.model, model, feeds, atol=recipe.atol, rtol=recipe.rtol, signature=signature)
+        report["verify"] = verdict.to_dict()
+        if not verdict.passed and recipe.output_preserving:
+            _print(args, report, before, None, None)
+            print(f"graphopt optimize: verification failed (max abs error {verdict.max_abs:.3g} > atol "
+                  f"{recipe.atol:g}); nothing written", file=sys.stderr)
+            return 1
+
+    model.metadata_props["graphopt.recipe"] = recipe.dumps("json")
+    save_model(model, output, external_data=True if args.external_data else None)
+    if args.save_recipe:
+        _write_recipe(recipe, Path(args.save_recipe))
+    after = _stats(model, model_bytes(model), output)
+
+    latency = None
+    if not args.no_bench:
+        from graphopt.bench import benchmark
+
+        assert feeds is not None
+        latency = benchmark([Path(args.model), output], feeds, threads=args.threads, warmup=3, runs=15)
+        report["bench"] = latency.to_dict()
+    _print(args, report, before, after, latency)
+    return 0
+
+
+def _feeds(args: argparse.Namespace, model: Any) -> dict[str, Any]:
+    from graphopt.cli._common import resolve_feeds
+
+    return resolve_feeds(args, model)
+
+
+def _stats(model: Any, weight_bytes: int, path: Path) -> dict[str, Any]:
+    nodes = sum(1 for _ in model.graph.all_nodes())
+    file_bytes = path.stat().st_size if path.exists() else 0
+    data = path.with_name(path.name + ".data")
+    if data.exists():
+        file_bytes += data.stat().st_size
+    return {"nodes": nodes, "weight_bytes": weight_bytes, "file_bytes": file_bytes}
+
+
+def _write_recipe(recipe: Any, path: Path) -> None:
+    from graphopt._io import atomic_output
+
+    with atomic_output(path) as tmp:
+        (tmp / path.name).write_text(recipe.dumps("json" if path.suffix == ".json" else "yaml"))
+
+
+def _progress(name: str) -> None:
+    print(f"  running {name} ...", file=sys.stderr)
+
+
+def _print(args: argparse.Namespace, report: dict[str, Any], before: dict[str, Any],
+           after: dict[str, Any] | None, latency: Any) -> None:
+    report["before"], report["after"] = before, after
+    if args.json:
+        emit_json(report)
+        return
+    rows: list[tuple[Any, ...]] = []
+    for key, label in (("nodes", "nodes"), ("weight_bytes", "weight bytes"), ("file_bytes", "file bytes")):
+        new = after[key] if after else "-"
+        ratio = f"{after[key] / before[key]:.3f}x" if after and before[key] else "-"
+        rows.append((label, before[key], new, ratio))
+    if latency is not None and latency.ratio is not None:
+        first, second = latency.models
+        ratio = latency.ratio
+        rows.append(("latency ms (median)", first.median_ms, second.median_ms,
+                     f"{ratio.median:.3f}x (p10 {ratio.p10:.2f}, p90 {ratio.p90:.2f})"))
+    if "verify" in report:
+        worst = max(o["max_abs"] for o in report["verify"]["outputs"])
+        cosine = min(o["cosine"] for o in report["verify"]["outputs"])
+        rows.append(("max abs error", "", worst, "ok" if report["verify"]["passed"] else "FAIL"))
+        rows.append(("min cosine", "", cosine, ""))
+    print_table(("", "before", "after", "after/before"), rows)
+    if after:
+        print(f"wrote {args.output}")
