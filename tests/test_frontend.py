@@ -72,7 +72,8 @@ def test_cnn_exports_and_survives_default_recipe(exporter: str, tmp_path: Path) 
     _optimize_and_verify(target, batch=4)
 
 
-def test_keyword_inputs_and_shared_dynamic_dims(tmp_path: Path) -> None:
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_keyword_inputs_and_shared_dynamic_dims(exporter: str, tmp_path: Path) -> None:
     class Masked(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -84,9 +85,8 @@ def test_keyword_inputs_and_shared_dynamic_dims(tmp_path: Path) -> None:
     axes = {"features": {0: "batch", 1: "sequence"}, "mask": {0: "batch", 1: "sequence"}}
     # Keys out of forward()'s order: graph inputs still follow the signature.
     example = {"mask": torch.ones(2, 6), "features": torch.randn(2, 6, 4)}
-    result = export_module(Masked(), example, tmp_path / "masked.onnx", dynamic_axes=axes,
-                           exporter="torchscript")
-    assert result.input_names == ("features", "mask")
+    result = export_module(Masked(), example, tmp_path / "masked.onnx", dynamic_axes=axes, exporter=exporter)
+    assert result.exporter == exporter and result.input_names == ("features", "mask")
     session = make_session(result.path)
     feeds = {"features": np.ones((3, 5, 4), np.float32), "mask": np.zeros((3, 5), np.float32)}
     out = session.run(None, feeds)[0]

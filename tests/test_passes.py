@@ -93,3 +93,16 @@ def test_duplicate_pass_name_rejected() -> None:
 
             def call(self, model: ir.Model) -> ir.passes.PassResult:
                 return ir.passes.PassResult(model, False)
+
+
+@register_pass
+class _BreakOutputsPass(GraphoptPass[PassSettings]):
+    """Test pass that wrongly claims to preserve outputs: ``Relu(x) -> Sigmoid(x)``."""
+
+    name = "test-break-outputs"
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        for node in model.graph:
+            if node.op_type == "Relu":
+                node.op_type = "Sigmoid"
+        return ir.passes.PassResult(model, True)

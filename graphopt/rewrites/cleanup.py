@@ -59,7 +59,8 @@ class FoldConstantsSettings(PassSettings):
 class FoldConstantsPass(GraphoptPass[FoldConstantsSettings]):
     """Evaluate nodes whose inputs are all constant: ``op(c1, ..., cn) -> c``.
 
-    Nodes left unused by folding are removed. Also folds shape computations that shape inference makes static (``Shape(x) -> c`` when the
+    Nodes left unused by folding are removed, and ``Constant`` nodes holding more than 16 elements
+    become initializers (``Constant(value=t) -> initializer t``). Also folds shape computations that shape inference makes static (``Shape(x) -> c`` when the
     shape of ``x`` is known). Tensors above ``output_size_limit`` elements stay computed at run time.
     """
 
@@ -73,10 +74,10 @@ class FoldConstantsPass(GraphoptPass[FoldConstantsSettings]):
             input_size_limit=self.settings.input_size_limit,
             output_size_limit=self.settings.output_size_limit,
         )
-        if not result.modified:
-            return ir.passes.PassResult(model, False)
-        common_passes.RemoveUnusedNodesPass()(model)  # the constants that were folded away
-        return ir.passes.PassResult(model, True)
+        if result.modified:
+            common_passes.RemoveUnusedNodesPass()(model)  # the constants that were folded away
+        lifted = common_passes.LiftConstantsToInitializersPass(lift_all_constants=False, size_limit=16)(model)
+        return ir.passes.PassResult(model, result.modified or lifted.modified)
 
 
 @register_pass
