@@ -38,7 +38,7 @@ def stdout_to_stderr() -> Iterator[None]:
         yield
 
 
-def _version(module: str) -> str | None:
+def package_version(module: str) -> str | None:
     try:
         from importlib.metadata import version
 
@@ -83,7 +83,7 @@ def machine_info() -> dict[str, Any]:
         "cpus_usable": usable,
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "versions": {
-            name: _version(name)
+            name: package_version(name)
             for name in ("graphopt", "onnxruntime", "onnx", "onnxscript", "onnx-ir", "onnxsim", "torch",
                          "transformers", "numpy")
         },

@@ -118,7 +118,6 @@ def tokenize(
 
 @functools.lru_cache(maxsize=4)
 def _tokenizer(model_dir: str) -> Any:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     directory = Path(model_dir)
     if not directory.is_dir():
         raise InputError(f"{directory}: no such model directory")
@@ -127,7 +126,7 @@ def _tokenizer(model_dir: str) -> Any:
     except ImportError as exc:
         raise UsageError("transformers is not installed: pip install 'graphopt[torch]'") from exc
     try:
-        tokenizer = AutoTokenizer.from_pretrained(directory)
+        tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
     except (OSError, ValueError, KeyError) as exc:
         reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise InputError(f"{directory}: cannot load a tokenizer ({reason})") from exc

@@ -190,7 +190,9 @@ def test_unknown_heavy_op_marks_macs_partial():
     """
     summary = summarize(_model(text, w=_w(8, 8)))
     assert summary.cost.partial
-    assert summary.cost.reasons == ("MACs not counted for 1 custom.MyMatMul (shapes unknown or no cost rule)",)
+    assert summary.cost.reasons == (
+        "MACs not counted for 1 custom.MyMatMul (shapes unknown or no cost rule)",
+    )
 
 
 # -- attention ------------------------------------------------------------------------------------
@@ -227,6 +229,10 @@ def _attention_model(text: str = ATTENTION) -> ir.Model:
     )
 
 
+def _weights(block) -> list[str | None]:
+    return [p.weight if p else None for p in (block.q_proj, block.k_proj, block.v_proj, block.o_proj)]
+
+
 def _attention_summary() -> ModelSummary:
     return summarize(_attention_model())
 
@@ -237,7 +243,7 @@ def test_unfused_attention_block():
     (block,) = summary.attention_blocks
     assert block.kind == "unfused"
     assert (block.num_heads, block.head_size, block.kv_heads, block.hidden_size) == (4, 8, 4, 32)
-    assert [p.weight for p in (block.q_proj, block.k_proj, block.v_proj, block.o_proj)] == ["wq", "wk", "wv", "wo"]
+    assert _weights(block) == ["wq", "wk", "wv", "wo"]
     assert (block.q_proj.in_features, block.q_proj.out_features) == (32, 32)
     assert not block.qkv_fused
     assert block.macs == ATTENTION_MACS
@@ -254,6 +260,22 @@ def test_heads_from_reshape_constants_when_shapes_are_unknown():
     assert (block.num_heads, block.head_size) == (4, 8)
     assert block.macs is None
     assert summary.cost.partial
+
+
+def test_attention_through_quantize_dequantize_pairs():
+    text = ATTENTION.replace("q = MatMul(x, wq)", """wq_f = DequantizeLinear(wq8, s, z)
+    q_f = MatMul(x, wq_f)
+    q8 = QuantizeLinear(q_f, s, z)
+    q = DequantizeLinear(q8, s, z)""")
+    model = _model(text, wq8=np.ones((32, 32), np.int8), s=np.array(0.1, np.float32), z=np.array(0, np.int8),
+                   **{k: v for k, v in _projections().items() if k != "wq"},
+                   heads=np.array([0, 0, 4, 8], np.int64), hidden=np.array([0, 0, 32], np.int64),
+                   scale=np.array(math.sqrt(8), np.float32))
+    summary = summarize(model)
+    (block,) = summary.attention_blocks
+    assert block.q_proj.weight == "wq8"  # the stored int8 weight, not its dequantized copy
+    assert (block.num_heads, block.head_size, block.macs) == (4, 8, ATTENTION_MACS)
+    assert summary.parameter_bytes == 32 * 32 + 3 * 32 * 32 * 4 + 4 + 1 + 4 * 8 + 3 * 8 + 4
 
 
 def test_attention_without_projection_is_reported_with_a_note():
@@ -320,7 +342,7 @@ def test_fused_multi_head_attention_finds_projections():
     summary = summarize(_model(text, **_projections()))
     (block,) = summary.attention_blocks
     assert (block.kind, block.num_heads, block.head_size) == ("com.microsoft.MultiHeadAttention", 4, 8)
-    assert [p.weight for p in (block.q_proj, block.k_proj, block.v_proj, block.o_proj)] == ["wq", "wk", "wv", "wo"]
+    assert _weights(block) == ["wq", "wk", "wv", "wo"]
     assert summary.macs == block.macs == ATTENTION_MACS
 
 
@@ -330,7 +352,8 @@ def test_group_query_attention_kv_heads():
         q = MatMul(x, wq)
         k = MatMul(x, wk)
         v = MatMul(x, wv)
-        a, pk, pv = com.microsoft.GroupQueryAttention<num_heads=4, kv_num_heads=2>(q, k, v, , , seqlens, total)
+        a, pk, pv = com.microsoft.GroupQueryAttention<num_heads=4, kv_num_heads=2>(
+            q, k, v, , , seqlens, total)
         y = MatMul(a, wo)
     }
     """
@@ -357,7 +380,8 @@ _ACTIVATIONS = {
     "relu": "a = Relu(hb)",
     "silu": "s = Sigmoid(hb)\n    a = Mul(hb, s)",
     # 0.5 * x * (1 + erf(x / sqrt(2))), as the TorchScript exporter writes nn.GELU
-    "gelu_erf": "d = Div(hb, sqrt2)\n    e = Erf(d)\n    e1 = Add(e, one)\n    m = Mul(hb, e1)\n    a = Mul(m, half)",
+    "gelu_erf": "d = Div(hb, sqrt2)\n    e = Erf(d)\n    e1 = Add(e, one)\n    m = Mul(hb, e1)\n"
+                "    a = Mul(m, half)",
 }
 
 
@@ -489,8 +513,10 @@ def _export_hf(kind: str, exporter: str, folder):
 
     torch.manual_seed(0)
     if kind == "bert":
-        config = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                         intermediate_size=64, max_position_embeddings=256)
+        config = transformers.BertConfig(
+            vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+            max_position_embeddings=256,
+        )
         model = transformers.BertModel(config)
     else:
         config = transformers.GPT2Config(vocab_size=100, n_embd=32, n_layer=2, n_head=4, n_positions=256)
@@ -551,3 +577,35 @@ def test_onnxruntime_fused_bert(exported):
     assert all((b.num_heads, b.head_size, b.qkv_fused) == (4, 8, True) for b in fused.attention_blocks)
     assert len(fused.mlp_blocks) == 2
     assert fused.macs == plain.macs
+
+
+def test_model_local_functions_are_inlined_for_costs():
+    text = _header(17, local=1) + """
+    g (float[N,16] x) => (float[N,16] y) {
+        y = local.Linear(x, w)
+    }
+    <domain: "local", opset_import: ["" : 17]>
+    Linear (a, b) => (c) {
+        h = MatMul(a, b)
+        c = Relu(h)
+    }
+    """
+    summary = summarize(_model(text, w=_w(16, 16)))
+    assert summary.op_histogram == {"local.Linear": 1}
+    assert summary.macs == 16 * 16
+    assert summary.notes == ("inlined 1 model-local function(s) for costs and blocks",)
+
+
+def test_model_built_in_memory():
+    x = ir.Value(name="x", shape=ir.Shape(["N", 64]), type=ir.TensorType(ir.DataType.FLOAT))
+    w = ir.Value(name="w", const_value=ir.tensor(_w(64, 32)))
+    matmul = ir.node("MatMul", [x, w])
+    relu = ir.node("Relu", [matmul.outputs[0]])
+    graph = ir.Graph([x], relu.outputs, nodes=[matmul, relu], initializers=[w], opset_imports={"": 17})
+    model = ir.Model(graph, ir_version=10)
+    names = [(n.name, [v.name for v in n.outputs]) for n in graph]
+    summary = summarize(model)
+    assert summary.macs == 64 * 32
+    assert summary.inputs[0].shape == ("N", 64)
+    assert [(n.name, [v.name for v in n.outputs]) for n in graph] == names
+    assert x.shape == ir.Shape(["N", 64]) and matmul.outputs[0].shape is None

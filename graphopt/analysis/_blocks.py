@@ -29,7 +29,7 @@ _ACTIVATIONS = frozenset({"Gelu", "Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "
                           "ThresholdedRelu",
                           f"{_MS}.Gelu", f"{_MS}.FastGelu", f"{_MS}.BiasGelu", f"{_MS}.QuickGelu"})
 _ELEMENTWISE = frozenset({"Add", "Sub", "Mul", "Div", "Pow", "Sqrt", "Neg", "Cast", "Identity", "Dropout",
-                          f"{_MS}.BiasAdd", "Max", "Min"})
+                          f"{_MS}.BiasAdd", "Max", "Min", "QuantizeLinear", "DequantizeLinear"})
 _MLP_RESHAPES = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze"})
 _CONVS = frozenset({"Conv", "ConvInteger", "QLinearConv", f"{_MS}.FusedConv", f"{_MS}.NhwcConv"})
 _MAX_REGION = 24
@@ -63,19 +63,22 @@ def find_mlps(graph: ir.Graph) -> list[MlpBlock]:
     """MLP blocks in graph order; a layer that ends one MLP does not start another."""
     walker = Walker(graph)
     blocks: list[MlpBlock] = []
-    used: set[str] = set()
+    used: set[ir.Node] = set()
     for node in graph:
         proj = walker.consts.projection(node)
-        if proj is None or proj.node in used:
+        if proj is None or node in used:
             continue
-        block = _mlp_from(walker, node, proj)
-        if block is not None:
+        found = _mlp_from(walker, node, proj)
+        if found is not None:
+            block, nodes = found
             blocks.append(block)
-            used.update(p.node for p in (block.up, block.down, block.gate) if p is not None)
+            used.update(nodes)
     return blocks
 
 
-def _mlp_from(walker: Walker, first: ir.Node, first_proj: Projection) -> MlpBlock | None:
+def _mlp_from(
+    walker: Walker, first: ir.Node, first_proj: Projection
+) -> tuple[MlpBlock, tuple[ir.Node, ...]] | None:
     start = first.outputs[0]
     region: list[ir.Node] = []
     values: set[ir.Value | None] = {start}
@@ -128,10 +131,12 @@ def _mlp_from(walker: Walker, first: ir.Node, first_proj: Projection) -> MlpBloc
     if partner is not None:
         up_proj = walker.consts.projection(partner)
         assert up_proj is not None
-        return MlpBlock(up=up_proj, down=down_proj, gate=first_proj, activation=f"gated_{activation}",
-                        hidden_size=first_proj.out_features, macs=block_macs([first, partner, down]))
-    return MlpBlock(up=first_proj, down=down_proj, gate=None, activation=activation,
-                    hidden_size=first_proj.out_features, macs=block_macs([first, down]))
+        gated = MlpBlock(up=up_proj, down=down_proj, gate=first_proj, activation=f"gated_{activation}",
+                         hidden_size=first_proj.out_features, macs=block_macs([first, partner, down]))
+        return gated, (first, partner, down)
+    plain = MlpBlock(up=first_proj, down=down_proj, gate=None, activation=activation,
+                     hidden_size=first_proj.out_features, macs=block_macs([first, down]))
+    return plain, (first, down)
 
 
 def _activation_name(region: list[ir.Node], keys: set[str]) -> str | None:

@@ -39,6 +39,9 @@ _WEIGHT_PASSTHROUGH = frozenset({"Transpose", "Cast", "DequantizeLinear", "Resha
 _DATA_ONLY = frozenset({"Reshape", "Split", "Slice", "Squeeze", "Unsqueeze", "Gather", "Expand", "Flatten",
                         "SimplifiedLayerNormalization", "RMSNormalization", "LayerNormalization",
                         f"{_MS}.RotaryEmbedding", f"{_MS}.SimplifiedLayerNormalization"})
+# Passed by every walk without counting as a step: they change the encoding, not the tensor.
+_FREE = frozenset({"Cast", "Identity", "QuantizeLinear", "DequantizeLinear"})
+_DATA_ONLY = _DATA_ONLY | {"QuantizeLinear", "DequantizeLinear"}
 _NON_DETERMINISTIC = frozenset({"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
                                 "Multinomial", "Bernoulli", "Dropout"})
 
@@ -184,21 +187,24 @@ class Walker:
     def backward(
         self, start: ir.Value, through: frozenset[str], depth: int, accept: Callable[[ir.Node], bool]
     ) -> ir.Node | None:
-        """The nearest producer upstream of ``start`` that ``accept`` takes, passing only ``through`` ops."""
+        """The nearest producer upstream of ``start`` that ``accept`` takes, passing only ``through`` ops
+        (and, without counting them against ``depth``, casts and quantize/dequantize pairs)."""
         frontier, seen = [start], {start}
         for _ in range(depth):
-            nxt = []
-            for value in frontier:
+            nxt: list[ir.Value] = []
+            for value in frontier:  # grows while free ops are passed
                 producer = value.producer()
                 if producer is None:
                     continue
                 if accept(producer):
                     return producer
-                if op_key(producer) in through:
+                key = op_key(producer)
+                if key in through or key in _FREE:
+                    target = frontier if key in _FREE else nxt
                     for v in self.data_inputs(producer):
                         if v not in seen:
                             seen.add(v)
-                            nxt.append(v)
+                            target.append(v)
             frontier = nxt
         return None
 
@@ -208,16 +214,17 @@ class Walker:
         """The nearest consumer downstream of ``start`` that ``accept(node, input_index)`` takes."""
         frontier, seen = [start], {start}
         for _ in range(depth):
-            nxt = []
-            for value in frontier:
+            nxt: list[ir.Value] = []
+            for value in frontier:  # grows while free ops are passed
                 for node, index in consumers(value):
                     if accept(node, index):
                         return node
                     key = op_key(node)
-                    if key in through and not (key in _DATA_ONLY and index > 0):
+                    if (key in through or key in _FREE) and not (key in _DATA_ONLY and index > 0):
+                        target = frontier if key in _FREE else nxt
                         for out in node.outputs:
                             if out not in seen:
                                 seen.add(out)
-                                nxt.append(out)
+                                target.append(out)
             frontier = nxt
         return None

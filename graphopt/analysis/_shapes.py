@@ -9,8 +9,9 @@ forgets the shapes the exporter declared on intermediate values and infers them 
    fails (the failure is reported).
 2. A topological walk over the values still unknown: onnxruntime contrib ops (``com.microsoft``
    attention, normalisation, activation and ``MatMulNBits`` kernels, which ONNX does not know) by
-   the rules below, standard ops node by node with ``infer_node_outputs`` (so that inference goes
-   on after a contrib op).
+   the rules of ``_contrib_shapes``, standard ops node by node with ``infer_node_outputs``, fed
+   with small integer tensors evaluated on the way (``Shape -> Gather -> Concat -> Reshape``), so
+   that inference goes on after a contrib op.
 3. Whatever is still unknown keeps its declared shape with the input dims substituted.
 """
 
@@ -68,11 +69,15 @@ def static_shape(value: ir.Value | None) -> tuple[int, ...] | None:
 
 def concrete_copy(model: ir.Model, shapes: Mapping[str, tuple[int, ...]] | None = None) -> ConcreteModel:
     """Clone ``model`` and infer concrete shapes on the clone; ``model`` itself is not touched."""
+    from onnx_ir.passes.common import InlinePass, NameFixPass
+
     work = model.clone()
-    if any(not v.name for g in work.graphs() for v in _graph_values(g)):
-        ir.passes.common.NameFixPass()(work)
     if work.functions:
-        ir.passes.common.InlinePass()(work)
+        InlinePass()(work)
+    if any(not n.name for n in work.graph.all_nodes()) or any(
+        not v.name for g in work.graphs() for v in _graph_values(g)
+    ):
+        NameFixPass()(work)  # reports name nodes; serialising for inference needs value names
     problems: list[str] = []
     input_shapes, dim_values = _fix_inputs(work, dict(shapes or {}), problems)
     declared = {}
