@@ -145,5 +145,3 @@ def save_model(
     except OSError as exc:
         raise InputError(f"{out}: cannot write ({exc.strerror or exc})") from exc
     return out
-
-

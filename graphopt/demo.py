@@ -48,8 +48,12 @@ def run_demo(
     progress("exporting all-MiniLM-L6-v2 to ONNX")
     original_path = work / "minilm.onnx"
     exported = export_sentence_embedder(minilm_dir(), original_path, exporter=exporter)
-    report["export"] = {"path": str(original_path), "exporter": exported.exporter,
-                        "seconds": exported.seconds, "max_abs_error_vs_torch": exported.max_abs_error}
+    report["export"] = {
+        "path": str(original_path),
+        "exporter": exported.exporter,
+        "seconds": exported.seconds,
+        "max_abs_error_vs_torch": exported.max_abs_error,
+    }
 
     progress("building calibration and evaluation sentences from the standard library's docstrings")
     calibration, evaluation = split_sentences(stdlib_sentences(sentences, seed=0), (0.8, 0.2))
@@ -57,8 +61,12 @@ def run_demo(
     eval_feeds = tokenize(minilm_dir(), evaluation, sequence=sequence)
     save_feeds(calib_feeds, work / "calibration.npz")
     save_feeds(eval_feeds, work / "evaluation.npz")
-    report["data"] = {"calibration": len(calibration), "evaluation": len(evaluation), "sequence": sequence,
-                      "example": evaluation[0]}
+    report["data"] = {
+        "calibration": len(calibration),
+        "evaluation": len(evaluation),
+        "sequence": sequence,
+        "example": evaluation[0],
+    }
 
     progress("inspecting the graph")
     model = load_model(original_path)
@@ -90,8 +98,9 @@ def run_demo(
     }
 
     progress(f"verifying on {len(evaluation)} real sentences")
-    verdict = verify_models(original_path, optimized_path, eval_feeds, batch_size=batch,
-                            signature=load_model(original_path))
+    verdict = verify_models(
+        original_path, optimized_path, eval_feeds, batch_size=batch, signature=load_model(original_path)
+    )
     report["verify"] = verdict.to_dict()
 
     progress(f"benchmarking original vs optimized ({batch} x {sequence} tokens, {threads} threads)")
@@ -99,7 +108,10 @@ def run_demo(
     bench = benchmark([original_path, optimized_path], bench_feeds, threads=threads, warmup=3, runs=runs)
     ratio = bench.ratio
     report["bench"] = {
-        "batch": batch, "sequence": sequence, "threads": threads, "rounds": bench.rounds,
+        "batch": batch,
+        "sequence": sequence,
+        "threads": threads,
+        "rounds": bench.rounds,
         "original_median_ms": bench.models[0].median_ms,
         "optimized_median_ms": bench.models[1].median_ms,
         "ratio_median": ratio.median if ratio else None,

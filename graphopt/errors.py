@@ -8,7 +8,6 @@ from __future__ import annotations
 
 __all__ = [
     "CheckFailed",
-    "one_line",
     "ExportError",
     "GraphoptError",
     "InputError",
@@ -16,6 +15,7 @@ __all__ = [
     "PassError",
     "UnsupportedError",
     "UsageError",
+    "one_line",
 ]
 
 

@@ -165,8 +165,9 @@ def validate_feeds(feeds: Mapping[str, np.ndarray], specs: Sequence[InputSpec], 
             parts.append(f"missing {', '.join(missing)}")
         if extra:
             parts.append(f"unknown {', '.join(extra)}")
-        raise InputError(f"{source}: feed names do not match the model inputs ({'; '.join(parts)}); "
-                         f"expected {', '.join(expected)}")
+        raise InputError(
+            f"{source}: feed names do not match the model inputs ({'; '.join(parts)}); expected {', '.join(expected)}"
+        )
     out: Feeds = {}
     for name, spec in expected.items():
         array = np.asarray(feeds[name])
@@ -179,8 +180,7 @@ def validate_feeds(feeds: Mapping[str, np.ndarray], specs: Sequence[InputSpec], 
             for axis, dim in enumerate(spec.shape):
                 if isinstance(dim, int) and dim > 0 and axis > 0 and array.shape[axis] != dim:
                     raise InputError(
-                        f"{source}: {name!r} has shape {array.shape} but the model expects "
-                        f"{_format_shape(spec.shape)}"
+                        f"{source}: {name!r} has shape {array.shape} but the model expects {_format_shape(spec.shape)}"
                     )
         if array.dtype != spec.dtype:
             if not np.can_cast(array.dtype, spec.dtype, casting="same_kind"):
@@ -209,10 +209,9 @@ def save_feeds(feeds: Mapping[str, np.ndarray], path: str | os.PathLike[str]) ->
     from graphopt._io import atomic_output
 
     out = Path(path)
-    with atomic_output(out) as tmp:
-        with open(tmp / out.name, "wb") as handle:
-            arrays: dict[str, Any] = dict(feeds)
-            np.savez(handle, **arrays)
+    with atomic_output(out) as tmp, open(tmp / out.name, "wb") as handle:
+        arrays: dict[str, Any] = dict(feeds)
+        np.savez(handle, **arrays)
     return out
 
 

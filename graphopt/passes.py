@@ -170,9 +170,7 @@ class TimingHook:
     def after(self, pass_: GraphoptPass[Any], result: ir.passes.PassResult) -> None:
         seconds = time.perf_counter() - self._start
         nodes = sum(1 for _ in result.model.graph.all_nodes())
-        self.records.append(
-            {"pass": pass_.name, "modified": result.modified, "seconds": seconds, "nodes": nodes}
-        )
+        self.records.append({"pass": pass_.name, "modified": result.modified, "seconds": seconds, "nodes": nodes})
         logger.info("%s: modified=%s nodes=%d %.3fs", pass_.name, result.modified, nodes, seconds)
 
 

@@ -133,11 +133,8 @@ NAMED_RECIPES: dict[str, Recipe] = {
         "fuse-ort",
         "remove-dead-code",
     ),
-    "portable": _recipe(
-        "portable", "output-preserving cleanup with standard ONNX ops only (any runtime)", *_CLEANUP
-    ),
-    "minimal": _recipe("minimal", "constant folding and dead-code removal only", "fold-constants",
-                       "remove-dead-code"),
+    "portable": _recipe("portable", "output-preserving cleanup with standard ONNX ops only (any runtime)", *_CLEANUP),
+    "minimal": _recipe("minimal", "constant folding and dead-code removal only", "fold-constants", "remove-dead-code"),
 }
 
 
@@ -150,8 +147,9 @@ def load_recipe(path: str | os.PathLike[str]) -> Recipe:
     try:
         data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise UsageError(f"{p}: not valid {'JSON' if p.suffix == '.json' else 'YAML'} "
-                         f"({str(exc).splitlines()[0]})") from None
+        raise UsageError(
+            f"{p}: not valid {'JSON' if p.suffix == '.json' else 'YAML'} ({str(exc).splitlines()[0]})"
+        ) from None
     return Recipe.from_dict(data, source=str(p))
 
 
@@ -161,8 +159,9 @@ def resolve_recipe(name_or_path: str) -> Recipe:
         return NAMED_RECIPES[name_or_path]
     if Path(name_or_path).suffix in {".json", ".yaml", ".yml"} or Path(name_or_path).exists():
         return load_recipe(name_or_path)
-    raise UsageError(f"unknown recipe {name_or_path!r}; named recipes: {', '.join(NAMED_RECIPES)} "
-                     "(or give a .json/.yaml file)")
+    raise UsageError(
+        f"unknown recipe {name_or_path!r}; named recipes: {', '.join(NAMED_RECIPES)} (or give a .json/.yaml file)"
+    )
 
 
 def apply_recipe(

@@ -26,9 +26,7 @@ def _ort() -> Any:
     try:
         import onnxruntime
     except ImportError as exc:
-        raise UsageError(
-            "onnxruntime is not installed: pip install 'graphopt[cpu]' (or 'graphopt[gpu]')"
-        ) from exc
+        raise UsageError("onnxruntime is not installed: pip install 'graphopt[cpu]' (or 'graphopt[gpu]')") from exc
     return onnxruntime
 
 

@@ -66,8 +66,9 @@ def compare_outputs(
     for name, a, b in zip(names, expected, actual, strict=True):
         a, b = np.asarray(a), np.asarray(b)
         if a.shape != b.shape:
-            results.append(OutputComparison(name, float("inf"), float("inf"), 0.0, False,
-                                            f"shape {b.shape} != {a.shape}"))
+            results.append(
+                OutputComparison(name, float("inf"), float("inf"), 0.0, False, f"shape {b.shape} != {a.shape}")
+            )
             continue
         if a.dtype.kind not in "fciub" or b.dtype.kind not in "fciub":
             equal = bool(np.array_equal(a, b))
@@ -97,14 +98,16 @@ def compare_outputs(
 def _merge(per_batch: list[list[OutputComparison]]) -> tuple[OutputComparison, ...]:
     merged = []
     for items in zip(*per_batch, strict=True):
-        merged.append(OutputComparison(
-            items[0].name,
-            max(i.max_abs for i in items),
-            max(i.max_rel for i in items),
-            min(i.cosine for i in items),
-            all(i.passed for i in items),
-            "; ".join(sorted({i.note for i in items if i.note})),
-        ))
+        merged.append(
+            OutputComparison(
+                items[0].name,
+                max(i.max_abs for i in items),
+                max(i.max_rel for i in items),
+                min(i.cosine for i in items),
+                all(i.passed for i in items),
+                "; ".join(sorted({i.note for i in items if i.note})),
+            )
+        )
     return tuple(merged)
 
 

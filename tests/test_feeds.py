@@ -19,11 +19,13 @@ from graphopt.feeds import (
 TOKEN_MODEL = """
 <ir_version: 8, opset_import: ["" : 18]>
 g (int64[batch, seq] input_ids, int64[batch, seq] attention_mask) => (float[batch, seq, 4] y) <float[50, 4] table = {
-  0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9,
-  0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9,
-  0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9,
-  0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9,
-  0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9}> {
+0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1, 2,
+3, 4, 5, 6, 7, 8, 9, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1, 2, 3, 4, 5,
+6, 7, 8, 9, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1, 2, 3, 4, 5, 6, 7, 8,
+9, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1,
+2, 3, 4, 5, 6, 7, 8, 9, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1, 2, 3, 4,
+5, 6, 7, 8, 9, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1, 2, 3, 4, 5, 6, 7,
+8, 9}> {
   e = Gather(table, input_ids)
   m = Cast <to = 1> (attention_mask)
   axes = Constant <value = int64[1] {-1}> ()
@@ -82,12 +84,13 @@ def test_load_feeds_validates(tmp_path: Path) -> None:
     save_feeds({"input_ids": np.zeros((4,), np.int64), "attention_mask": good["attention_mask"]}, tmp_path / "r.npz")
     with pytest.raises(InputError, match="rank 2"):
         load_feeds(tmp_path / "r.npz", specs)
-    save_feeds({"input_ids": np.zeros((4, 6), np.float32), "attention_mask": good["attention_mask"]},
-               tmp_path / "t.npz")
+    save_feeds(
+        {"input_ids": np.zeros((4, 6), np.float32), "attention_mask": good["attention_mask"]}, tmp_path / "t.npz"
+    )
     with pytest.raises(InputError, match="dtype float32"):
         load_feeds(tmp_path / "t.npz", specs)
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
-    with pytest.raises(InputError, match="not a readable .npz"):
+    with pytest.raises(InputError, match=r"not a readable \.npz"):
         load_feeds(tmp_path / "junk.npz", specs)
 
 

@@ -166,12 +166,6 @@ def test_module_mode_is_restored(tmp_path: Path) -> None:
 # Reshape([batch*sequence, hidden]) with a MultiHeadAttention whose output is
 # [batch, sequence, hidden], and GPT-2's Conv1D Gemm (node_Gemm_364) then gets a rank-3 input that
 # onnxruntime rejects. Reported to the lead; the recipe and passes are not ours to change.
-_RECIPE_FAILURES = {
-    ("gpt2", "dynamo"): "fuse-ort (onnxscript fuse_mha2) feeds a rank-3 MultiHeadAttention output to "
-                        "GPT-2's Gemm: onnxruntime rejects the graph",
-}
-
-
 @pytest.fixture(scope="module")
 def hf_exports(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """Export each (kind, exporter) once per module and hand out the results."""
@@ -211,16 +205,7 @@ def test_hf_model_exports(kind: str, exporter: str, hf_exports: Any) -> None:
     assert any(all(e is None or d == e for d, e in zip(dims, want)) for want in output_dims), dims
 
 
-@pytest.mark.parametrize(
-    ("kind", "exporter"),
-    [
-        pytest.param(kind, exporter, marks=pytest.mark.xfail(
-            strict=True, raises=InputError, reason=_RECIPE_FAILURES[kind, exporter])
-        ) if (kind, exporter) in _RECIPE_FAILURES else (kind, exporter)
-        for kind in HF_KINDS
-        for exporter in EXPORTERS
-    ],
-)
+@pytest.mark.parametrize(("kind", "exporter"), [(kind, exporter) for kind in HF_KINDS for exporter in EXPORTERS])
 def test_hf_export_survives_default_recipe(kind: str, exporter: str, hf_exports: Any) -> None:
     _optimize_and_verify(hf_exports(kind, exporter).path)
 

@@ -22,8 +22,15 @@ from tests.conftest import SMALL_MLP
 
 def test_builtin_passes_are_registered() -> None:
     names = set(available_passes())
-    assert {"fold-constants", "remove-dead-code", "remove-no-ops", "simplify-shapes", "deduplicate",
-            "fuse-standard", "fuse-ort"} <= names
+    assert {
+        "fold-constants",
+        "remove-dead-code",
+        "remove-no-ops",
+        "simplify-shapes",
+        "deduplicate",
+        "fuse-standard",
+        "fuse-ort",
+    } <= names
 
 
 def test_settings_are_validated() -> None:
@@ -87,6 +94,7 @@ def test_run_passes_with_hooks_and_settings() -> None:
 
 def test_duplicate_pass_name_rejected() -> None:
     with pytest.raises(TypeError, match="already taken"):
+
         @register_pass
         class _Other(GraphoptPass[PassSettings]):
             name = "test-touch"

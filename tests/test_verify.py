@@ -10,11 +10,14 @@ from graphopt.verify import compare_outputs, verify_models
 
 HEADER = '<ir_version: 8, opset_import: ["" : 18]>\n'
 RELU = HEADER + "g (float[N, 4] x) => (float[N, 4] y) { y = Relu(x) }"
-SHIFTED = HEADER + """g (float[N, 4] x) => (float[N, 4] y) {
+SHIFTED = (
+    HEADER
+    + """g (float[N, 4] x) => (float[N, 4] y) {
   c = Constant <value = float {0.01}> ()
   r = Relu(x)
   y = Add(r, c)
 }"""
+)
 
 
 def test_compare_outputs_metrics() -> None:

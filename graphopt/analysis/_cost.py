@@ -21,8 +21,11 @@ Counting rules (shapes are the concrete ones inferred by :mod:`graphopt.analysis
   8 for ``LayerNormalization`` and group/instance norms (``SkipLayerNormalization`` 9), 5 for RMS
   norms, 2 for ``BatchNormalization``, 1 for reductions; pooling costs ``numel(Y) * prod(kernel)``
   (global pooling ``numel(X)``).
-- Data movement (``Reshape``, ``Transpose``, ``Gather``, ``Concat``, casts, comparisons, ...) is free.
+- Data movement (``Reshape``, ``Transpose``, ``Gather``, ``Concat``, casts, comparisons, ...) and
+  elementwise ops on integer tensors (shape arithmetic, masks) are free.
 - Nodes inside control-flow bodies are counted once.
+- A matrix-like op (``*Conv*``, ``*MatMul*``, ``*Gemm*``, ``*Attention*``, RNNs) without shapes or
+  without a rule is not counted and makes the estimate partial (``node_cost`` returns ``None``).
 """
 
 from __future__ import annotations
@@ -272,14 +275,14 @@ _PER_OUTPUT: dict[str, int] = {
     **dict.fromkeys(["Sigmoid", "HardSigmoid", "HardSwish", "Swish", f"{_MS}.QuickGelu"], 4),
     **dict.fromkeys(["Mish"], 6),
     **dict.fromkeys(["Gelu", f"{_MS}.Gelu"], 8),
-    **dict.fromkeys([f"{_MS}.FastGelu", f"{_MS}.BiasGelu"], 9),
+    **dict.fromkeys([f"{_MS}.FastGelu", f"{_MS}.BiasGelu", f"{_MS}.EmbedLayerNormalization"], 9),
 }
 
 _PER_INPUT: dict[str, int] = {
     **dict.fromkeys(["Softmax", "LogSoftmax", "Hardmax"], 5),
     **dict.fromkeys(["LayerNormalization", f"{_MS}.LayerNormalization", "GroupNormalization",
                      "InstanceNormalization", "MeanVarianceNormalization"], 8),
-    **dict.fromkeys([f"{_MS}.SkipLayerNormalization", f"{_MS}.EmbedLayerNormalization"], 9),
+    **dict.fromkeys([f"{_MS}.SkipLayerNormalization"], 9),
     **dict.fromkeys(["RMSNormalization", f"{_MS}.SimplifiedLayerNormalization"], 5),
     **dict.fromkeys([f"{_MS}.SkipSimplifiedLayerNormalization"], 6),
     **dict.fromkeys(["BatchNormalization", "LpNormalization"], 2),

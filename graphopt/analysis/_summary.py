@@ -50,7 +50,14 @@ class CostSummary:
 
 @dataclasses.dataclass(frozen=True)
 class ModelSummary:
-    """Everything :func:`summarize` found; ``to_dict()`` is JSON-serialisable."""
+    """Everything :func:`summarize` found; ``to_dict()`` is JSON-serialisable.
+
+    ``opsets`` maps domains to versions (the default domain as ``"ai.onnx"``); ``op_histogram``
+    counts nodes by ``op_type``, domain-qualified outside the default domain
+    (``"com.microsoft.Attention"``), subgraph nodes included, most frequent first; parameters are
+    the elements and bytes of all initializers and ``Constant`` tensors; ``notes`` say what block
+    recognition could not identify.
+    """
 
     ir_version: int
     producer: str

@@ -61,6 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             traceback.print_exc()
         text = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
-        print(f"graphopt {args.verb}: error: {type(exc).__name__}: {text} (rerun with --debug for details)",
-              file=sys.stderr)
+        print(
+            f"graphopt {args.verb}: error: {type(exc).__name__}: {text} (rerun with --debug for details)",
+            file=sys.stderr,
+        )
         return 2

@@ -14,8 +14,9 @@ __all__ = ["add_feed_args", "emit_json", "format_table", "print_table", "resolve
 def add_feed_args(parser: argparse.ArgumentParser) -> None:
     """``--inputs FEED.npz``, ``--shape NAME=DIMS`` and ``--seed``."""
     parser.add_argument("--inputs", metavar="FEED.npz", help="feeds: .npz keyed by input name, samples on axis 0")
-    parser.add_argument("--shape", action="append", default=[], metavar="NAME=D1,D2",
-                        help="shape of a synthesised input (repeatable)")
+    parser.add_argument(
+        "--shape", action="append", default=[], metavar="NAME=D1,D2", help="shape of a synthesised input (repeatable)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed for synthesised inputs")
 
 
@@ -36,8 +37,9 @@ def resolve_feeds(args: argparse.Namespace, model: Any) -> dict[str, Any]:
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     cells = [[str(h) for h in headers]] + [[_fmt(c) for c in row] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
-             for row in cells]
+    lines = [
+        "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in cells
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 

@@ -27,8 +27,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from graphopt.demo import run_demo
 
-    report = run_demo(args.workdir, threads=args.threads, runs=args.runs, exporter=args.exporter,
-                      progress=lambda message: print(f"... {message}", file=sys.stderr, flush=True))
+    report = run_demo(
+        args.workdir,
+        threads=args.threads,
+        runs=args.runs,
+        exporter=args.exporter,
+        progress=lambda message: print(f"... {message}", file=sys.stderr, flush=True),
+    )
     if args.json:
         emit_json(report)
     else:
@@ -45,7 +50,7 @@ def _format(r: dict[str, Any]) -> str:
         f"1. export    {e['exporter']} exporter, {e['seconds']:.1f} s, max |onnx - torch| = "
         f"{e['max_abs_error_vs_torch']:.2g}  ->  {e['path']}",
         f"2. data      {d['calibration']} calibration + {d['evaluation']} evaluation sentences, "
-        f"{d['sequence']} tokens; e.g. \"{d['example'][:70]}\"",
+        f'{d["sequence"]} tokens; e.g. "{d["example"][:70]}"',
         f"3. inspect   {i['nodes']} nodes, {i['parameters'] / 1e6:.1f} M parameters "
         f"({i['parameter_bytes'] / 2**20:.1f} MiB), {i['macs'] / 1e9:.2f} GMACs at 8 x {d['sequence']} tokens; "
         f"{i['attention_blocks']} attention blocks (heads {_join(i['heads'])}, head size {_join(i['head_size'])}), "

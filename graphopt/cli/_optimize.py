@@ -19,8 +19,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("model", help="input model (.onnx)")
     parser.add_argument("-o", "--output", help="where to write the optimized model")
-    parser.add_argument("--recipe", default="default",
-                        help="named recipe (default, portable, minimal) or a .json/.yaml recipe file")
+    parser.add_argument(
+        "--recipe", default="default", help="named recipe (default, portable, minimal) or a .json/.yaml recipe file"
+    )
     add_feed_args(parser)
     parser.add_argument("--atol", type=float, help="verification tolerance (default: the recipe's)")
     parser.add_argument("--rtol", type=float, help="verification tolerance (default: the recipe's)")
@@ -45,8 +46,11 @@ def run(args: argparse.Namespace) -> int:
     if args.atol is not None or args.rtol is not None:
         import dataclasses
 
-        recipe = dataclasses.replace(recipe, atol=recipe.atol if args.atol is None else args.atol,
-                                     rtol=recipe.rtol if args.rtol is None else args.rtol)
+        recipe = dataclasses.replace(
+            recipe,
+            atol=recipe.atol if args.atol is None else args.atol,
+            rtol=recipe.rtol if args.rtol is None else args.rtol,
+        )
     if args.dry_run:
         sys.stdout.write(recipe.dumps("json" if args.json else "yaml"))
         return 0
@@ -68,8 +72,11 @@ def run(args: argparse.Namespace) -> int:
         report["verify"] = verdict.to_dict()
         if not verdict.passed and recipe.output_preserving:
             _print(args, report, before, None, None)
-            print(f"graphopt optimize: verification failed (max abs error {verdict.max_abs:.3g} > atol "
-                  f"{recipe.atol:g}); nothing written", file=sys.stderr)
+            print(
+                f"graphopt optimize: verification failed (max abs error {verdict.max_abs:.3g} > atol "
+                f"{recipe.atol:g}); nothing written",
+                file=sys.stderr,
+            )
             return 1
 
     model.metadata_props["graphopt.recipe"] = recipe.dumps("json")
@@ -115,8 +122,9 @@ def _progress(name: str) -> None:
     print(f"  running {name} ...", file=sys.stderr)
 
 
-def _print(args: argparse.Namespace, report: dict[str, Any], before: dict[str, Any],
-           after: dict[str, Any] | None, latency: Any) -> None:
+def _print(
+    args: argparse.Namespace, report: dict[str, Any], before: dict[str, Any], after: dict[str, Any] | None, latency: Any
+) -> None:
     report["before"], report["after"] = before, after
     if args.json:
         emit_json(report)
@@ -129,8 +137,14 @@ def _print(args: argparse.Namespace, report: dict[str, Any], before: dict[str, A
     if latency is not None and latency.ratio is not None:
         first, second = latency.models
         ratio = latency.ratio
-        rows.append(("latency ms (median)", first.median_ms, second.median_ms,
-                     f"{ratio.median:.3f}x (p10 {ratio.p10:.2f}, p90 {ratio.p90:.2f})"))
+        rows.append(
+            (
+                "latency ms (median)",
+                first.median_ms,
+                second.median_ms,
+                f"{ratio.median:.3f}x (p10 {ratio.p10:.2f}, p90 {ratio.p90:.2f})",
+            )
+        )
     if "verify" in report:
         worst = max(o["max_abs"] for o in report["verify"]["outputs"])
         cosine = min(o["cosine"] for o in report["verify"]["outputs"])

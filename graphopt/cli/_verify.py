@@ -35,13 +35,23 @@ def run(args: argparse.Namespace) -> int:
     reference = load_model(args.reference)
     load_model(args.candidate)
     feeds = resolve_feeds(args, reference)
-    report = verify_models(args.reference, args.candidate, feeds, atol=args.atol, rtol=args.rtol,
-                           provider=args.provider, batch_size=args.batch_size, signature=reference)
+    report = verify_models(
+        args.reference,
+        args.candidate,
+        feeds,
+        atol=args.atol,
+        rtol=args.rtol,
+        provider=args.provider,
+        batch_size=args.batch_size,
+        signature=reference,
+    )
     if args.json:
         emit_json(report.to_dict())
     else:
-        rows = [(o.name, o.max_abs, o.max_rel, o.cosine, "ok" if o.passed else f"FAIL {o.note}".strip())
-                for o in report.outputs]
+        rows = [
+            (o.name, o.max_abs, o.max_rel, o.cosine, "ok" if o.passed else f"FAIL {o.note}".strip())
+            for o in report.outputs
+        ]
         print_table(("output", "max abs", "max rel", "cosine", "verdict"), rows)
         verdict = "within" if report.passed else "BEYOND"
         print(f"{verdict} tolerance (atol {args.atol:g}, rtol {args.rtol:g}) on {report.batches} batch(es)")

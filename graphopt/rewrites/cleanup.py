@@ -16,9 +16,9 @@ from graphopt.passes import GraphoptPass, PassSettings, register_pass, setting
 
 __all__ = [
     "DeduplicatePass",
-    "FoldConstantsSettings",
     "EliminateNoOpsPass",
     "FoldConstantsPass",
+    "FoldConstantsSettings",
     "RemoveDeadCodePass",
     "SimplifyShapesPass",
 ]
@@ -32,9 +32,7 @@ class _SkipOverridableInitializerNotice(logging.Filter):
         return "as it is a graph input or output" not in str(record.msg)
 
 
-logging.getLogger(common_passes.DeduplicateInitializersPass.__module__).addFilter(
-    _SkipOverridableInitializerNotice()
-)
+logging.getLogger(common_passes.DeduplicateInitializersPass.__module__).addFilter(_SkipOverridableInitializerNotice())
 
 
 def _run_all(model: ir.Model, passes: list[ir.passes.PassBase]) -> bool:
@@ -60,8 +58,9 @@ class FoldConstantsPass(GraphoptPass[FoldConstantsSettings]):
     """Evaluate nodes whose inputs are all constant: ``op(c1, ..., cn) -> c``.
 
     Nodes left unused by folding are removed, and ``Constant`` nodes holding more than 16 elements
-    become initializers (``Constant(value=t) -> initializer t``). Also folds shape computations that shape inference makes static (``Shape(x) -> c`` when the
-    shape of ``x`` is known). Tensors above ``output_size_limit`` elements stay computed at run time.
+    become initializers (``Constant(value=t) -> initializer t``). Also folds shape computations
+    that shape inference makes static (``Shape(x) -> c`` when the shape of ``x`` is known).
+    Tensors above ``output_size_limit`` elements stay computed at run time.
     """
 
     name = "fold-constants"
@@ -87,11 +86,14 @@ class RemoveDeadCodePass(GraphoptPass[PassSettings]):
     name = "remove-dead-code"
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        modified = _run_all(model, [
-            common_passes.RemoveUnusedNodesPass(),
-            common_passes.RemoveUnusedFunctionsPass(),
-            common_passes.RemoveUnusedOpsetsPass(),
-        ])
+        modified = _run_all(
+            model,
+            [
+                common_passes.RemoveUnusedNodesPass(),
+                common_passes.RemoveUnusedFunctionsPass(),
+                common_passes.RemoveUnusedOpsetsPass(),
+            ],
+        )
         return ir.passes.PassResult(model, modified)
 
 
@@ -123,10 +125,13 @@ class EliminateNoOpsPass(GraphoptPass[PassSettings]):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         # The rules replace a no-op by Identity, which the elimination pass then removes.
-        modified = _run_all(model, [
-            rewriter.RewritePass(list(_NO_OP_RULES)),
-            common_passes.IdentityEliminationPass(),
-        ])
+        modified = _run_all(
+            model,
+            [
+                rewriter.RewritePass(list(_NO_OP_RULES)),
+                common_passes.IdentityEliminationPass(),
+            ],
+        )
         return ir.passes.PassResult(model, modified)
 
 

@@ -86,11 +86,32 @@ class FuseForOnnxruntimePass(GraphoptPass[PassSettings]):
             # The fusions only match transformer subgraphs; on other graphs they cost seconds.
             return ir.passes.PassResult(model, False)
         before = _fingerprint(model)
-        _, counts = optimize_for_ort(model)
-        fused = {k: v for k, v in counts.items() if v}
-        if fused:
-            logger.info("fuse-ort: %s", fused)
-        return ir.passes.PassResult(model, _fingerprint(model) != before)
+        candidate = model.clone()  # tensors are shared, not copied
+        _, counts = optimize_for_ort(candidate)
+        if _fingerprint(candidate) == before:
+            return ir.passes.PassResult(model, False)
+        problem = _onnxruntime_rejects(candidate)
+        if problem:
+            # onnxscript's fusions occasionally emit a graph onnxruntime cannot load (e.g. a fused
+            # MultiHeadAttention feeding a rank-2 Gemm in GPT-2 dynamo exports): keep the original.
+            logger.warning("fuse-ort: fusions not applied, onnxruntime rejects the fused graph: %s", problem)
+            return ir.passes.PassResult(model, False)
+        logger.info("fuse-ort: %s", {k: v for k, v in counts.items() if v})
+        model.graph = candidate.graph
+        model.functions.clear()
+        model.functions.update(candidate.functions)
+        return ir.passes.PassResult(model, True)
+
+
+def _onnxruntime_rejects(model: ir.Model) -> str | None:
+    from graphopt.errors import GraphoptError
+    from graphopt.runtime import make_session
+
+    try:
+        make_session(model)
+    except GraphoptError as exc:
+        return str(exc)
+    return None
 
 
 def _fingerprint(model: ir.Model) -> tuple[tuple[str, str, int, int], ...]:

@@ -30,7 +30,8 @@ def _truncated(p: Path, source: Path) -> None:
 
 def _cycle(p: Path) -> None:
     graph = oh.make_graph(
-        [oh.make_node("Add", ["x", "b"], ["a"]), oh.make_node("Relu", ["a"], ["b"])], "cycle",
+        [oh.make_node("Add", ["x", "b"], ["a"]), oh.make_node("Relu", ["a"], ["b"])],
+        "cycle",
         [oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2])],
         [oh.make_tensor_value_info("b", onnx.TensorProto.FLOAT, [2])],
     )
@@ -39,7 +40,8 @@ def _cycle(p: Path) -> None:
 
 def _missing_initializer(p: Path) -> None:
     graph = oh.make_graph(
-        [oh.make_node("MatMul", ["x", "w"], ["y"])], "missing",
+        [oh.make_node("MatMul", ["x", "w"], ["y"])],
+        "missing",
         [oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 2])],
         [oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 2])],
     )
@@ -48,7 +50,8 @@ def _missing_initializer(p: Path) -> None:
 
 def _unknown_op(p: Path) -> None:
     graph = oh.make_graph(
-        [oh.make_node("FancyOp", ["x"], ["y"])], "unknown",
+        [oh.make_node("FancyOp", ["x"], ["y"])],
+        "unknown",
         [oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2])],
         [oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2])],
     )
@@ -111,12 +114,18 @@ def test_missing_file(verb: str, tmp_path: Path, mlp_path: Path, capsys: pytest.
     ],
 )
 @pytest.mark.parametrize("verb", ["optimize", "verify", "bench"])
-def test_wrong_feeds(verb: str, feeds: dict[str, np.ndarray], fragment: str, tmp_path: Path, mlp_path: Path,
-                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_wrong_feeds(
+    verb: str,
+    feeds: dict[str, np.ndarray],
+    fragment: str,
+    tmp_path: Path,
+    mlp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     npz = tmp_path / "feeds.npz"
     np.savez(npz, **feeds)
     before = {p.name for p in tmp_path.iterdir()}
-    argv = VERBS[verb](mlp_path, mlp_path, tmp_path / "out.onnx") + ["--inputs", str(npz)]
+    argv = [*VERBS[verb](mlp_path, mlp_path, tmp_path / "out.onnx"), "--inputs", str(npz)]
     if verb == "verify":
         argv = ["verify", str(mlp_path), str(mlp_path), "--inputs", str(npz)]
     code = main(argv)
@@ -126,8 +135,9 @@ def test_wrong_feeds(verb: str, feeds: dict[str, np.ndarray], fragment: str, tmp
 def test_output_over_input_refused(mlp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     before = digest(mlp_path)
     code = main(["optimize", str(mlp_path), "-o", str(mlp_path), "--no-bench"])
-    assert "overwrite the input" in _assert_clean_failure(capsys, code, mlp_path.parent,
-                                                          {p.name for p in mlp_path.parent.iterdir()})
+    assert "overwrite the input" in _assert_clean_failure(
+        capsys, code, mlp_path.parent, {p.name for p in mlp_path.parent.iterdir()}
+    )
     assert digest(mlp_path) == before
 
 
@@ -148,8 +158,9 @@ def test_output_in_missing_folder(tmp_path: Path, mlp_path: Path, capsys: pytest
     assert "does not exist" in _assert_clean_failure(capsys, code, tmp_path, {p.name for p in tmp_path.iterdir()})
 
 
-def test_output_path_is_a_file_in_place_of_folder(tmp_path: Path, mlp_path: Path,
-                                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_output_path_is_a_file_in_place_of_folder(
+    tmp_path: Path, mlp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """An output under a path component that is a regular file cannot be written (even by root)."""
     blocker = tmp_path / "file"
     blocker.write_text("x")

@@ -25,8 +25,9 @@ def test_optimize_writes_verified_model(mlp_path: Path, tmp_path: Path, capsys: 
     assert digest(mlp_path) == before
 
 
-def test_optimize_with_bench_reports_latency_ratio(mlp_path: Path, tmp_path: Path,
-                                                   capsys: pytest.CaptureFixture[str]) -> None:
+def test_optimize_with_bench_reports_latency_ratio(
+    mlp_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "out.onnx"
     assert main(["optimize", str(mlp_path), "-o", str(out), "--json", "--threads", "1"]) == 0
     report = json.loads(capsys.readouterr().out)
@@ -35,8 +36,9 @@ def test_optimize_with_bench_reports_latency_ratio(mlp_path: Path, tmp_path: Pat
     assert len(report["bench"]["models"]) == 2 and report["bench"]["ratios"][0]["median"] > 0
 
 
-def test_dry_run_prints_recipe_and_writes_nothing(mlp_path: Path, tmp_path: Path,
-                                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_dry_run_prints_recipe_and_writes_nothing(
+    mlp_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "out.onnx"
     assert main(["optimize", str(mlp_path), "-o", str(out), "--dry-run"]) == 0
     recipe = yaml.safe_load(capsys.readouterr().out)
@@ -47,8 +49,22 @@ def test_dry_run_prints_recipe_and_writes_nothing(mlp_path: Path, tmp_path: Path
 def test_saved_recipe_replays(mlp_path: Path, tmp_path: Path) -> None:
     recipe_file = tmp_path / "r.json"
     first, second = tmp_path / "a.onnx", tmp_path / "b.onnx"
-    assert main(["optimize", str(mlp_path), "-o", str(first), "--recipe", "portable", "--no-bench",
-                 "--save-recipe", str(recipe_file)]) == 0
+    assert (
+        main(
+            [
+                "optimize",
+                str(mlp_path),
+                "-o",
+                str(first),
+                "--recipe",
+                "portable",
+                "--no-bench",
+                "--save-recipe",
+                str(recipe_file),
+            ]
+        )
+        == 0
+    )
     assert json.loads(recipe_file.read_text())["name"] == "portable"
     assert main(["optimize", str(mlp_path), "-o", str(second), "--recipe", str(recipe_file), "--no-bench"]) == 0
     assert first.read_bytes() == second.read_bytes()
@@ -61,8 +77,7 @@ def test_failed_verification_exits_1_and_writes_nothing(tmp_path: Path, capsys: 
     model = tmp_path / "m.onnx"
     from tests.conftest import write_text_model
 
-    write_text_model(model, '<ir_version: 8, opset_import: ["" : 18]>\n'
-                     'g (float[2] x) => (float[2] y) { y = Relu(x) }')
+    write_text_model(model, '<ir_version: 8, opset_import: ["" : 18]>\ng (float[2] x) => (float[2] y) { y = Relu(x) }')
     recipe = tmp_path / "r.yaml"
     recipe.write_text("steps: [test-break-outputs]\n")
     out = tmp_path / "out.onnx"
