@@ -26,6 +26,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--atol", type=float, help="verification tolerance (default: the recipe's)")
     parser.add_argument("--rtol", type=float, help="verification tolerance (default: the recipe's)")
     parser.add_argument("--no-verify", action="store_true", help="skip verification (not recommended)")
+    parser.add_argument(
+        "--no-repair", action="store_true", help="fail instead of leaving out a pass after which verification fails"
+    )
     parser.add_argument("--no-bench", action="store_true", help="skip the latency comparison")
     parser.add_argument("--threads", type=int, help="onnxruntime threads for the latency comparison")
     parser.add_argument("--dry-run", action="store_true", help="print the recipe that would run, and stop")
@@ -38,9 +41,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from graphopt._io import check_output_path, load_model, model_bytes, save_model
     from graphopt.errors import UsageError
-    from graphopt.passes import TimingHook
-    from graphopt.recipes import apply_recipe, resolve_recipe
-    from graphopt.verify import verify_models
+    from graphopt.pipeline import optimize_verified
+    from graphopt.recipes import resolve_recipe
 
     recipe = resolve_recipe(args.recipe)
     if args.atol is not None or args.rtol is not None:
@@ -57,26 +59,32 @@ def run(args: argparse.Namespace) -> int:
     if not args.output:
         raise UsageError("missing -o/--output")
     output = check_output_path(args.output, args.model)
-    model = load_model(args.model)
-    before = _stats(model, model_bytes(model), Path(args.model))
-    feeds = None if args.no_verify and args.no_bench else _feeds(args, model)
-    signature = load_model(args.model) if not args.no_verify else None
+    original = load_model(args.model)
+    before = _stats(original, model_bytes(original), Path(args.model))
+    feeds = None if args.no_verify and args.no_bench else _feeds(args, original)
+    del original
 
-    timing = TimingHook()
-    apply_recipe(model, recipe, hooks=[timing], progress=None if args.json else _progress)
-    report: dict[str, Any] = {"recipe": recipe.to_dict(), "passes": timing.records}
-
-    if not args.no_verify:
-        assert feeds is not None
-        verdict = verify_models(args.model, model, feeds, atol=recipe.atol, rtol=recipe.rtol, signature=signature)
-        report["verify"] = verdict.to_dict()
-        if not verdict.passed and recipe.output_preserving:
-            _print(args, report, before, None, None)
+    result = optimize_verified(
+        args.model,
+        recipe,
+        feeds or {},
+        verify=not args.no_verify,
+        max_skips=0 if args.no_repair else 3,
+        progress=None if args.json else _progress,
+    )
+    model = result.model
+    report: dict[str, Any] = {"recipe": recipe.to_dict(), "passes": list(result.passes)}
+    if result.skipped:
+        report["skipped"] = [dataclasses_asdict(s) for s in result.skipped]
+        for step in result.skipped:
             print(
-                f"graphopt optimize: verification failed (max abs error {verdict.max_abs:.3g} > atol "
-                f"{recipe.atol:g}); nothing written",
-                file=sys.stderr,
+                f"graphopt optimize: left out step {step.index + 1} ({step.pass_name}): {step.reason}", file=sys.stderr
             )
+    if not args.no_verify:
+        report["verify"] = result.report.to_dict() if result.report else {"passed": False, "error": result.failure}
+        if not result.passed and recipe.output_preserving:
+            _print(args, report, before, None, None)
+            print(f"graphopt optimize: verification failed ({result.failure}); nothing written", file=sys.stderr)
             return 1
 
     model.metadata_props["graphopt.recipe"] = recipe.dumps("json")
@@ -84,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
     if args.save_recipe:
         _write_recipe(recipe, Path(args.save_recipe))
     after = _stats(model, model_bytes(model), output)
+    del model
 
     latency = None
     if not args.no_bench:
@@ -94,6 +103,12 @@ def run(args: argparse.Namespace) -> int:
         report["bench"] = latency.to_dict()
     _print(args, report, before, after, latency)
     return 0
+
+
+def dataclasses_asdict(obj: Any) -> dict[str, Any]:
+    import dataclasses
+
+    return dataclasses.asdict(obj)
 
 
 def _feeds(args: argparse.Namespace, model: Any) -> dict[str, Any]:
@@ -145,7 +160,7 @@ def _print(
                 f"{ratio.median:.3f}x (p10 {ratio.p10:.2f}, p90 {ratio.p90:.2f})",
             )
         )
-    if "verify" in report:
+    if report.get("verify", {}).get("outputs"):
         worst = max(o["max_abs"] for o in report["verify"]["outputs"])
         cosine = min(o["cosine"] for o in report["verify"]["outputs"])
         rows.append(("max abs error", "", worst, "ok" if report["verify"]["passed"] else "FAIL"))

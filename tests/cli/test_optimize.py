@@ -71,7 +71,7 @@ def test_saved_recipe_replays(mlp_path: Path, tmp_path: Path) -> None:
 
 
 def test_failed_verification_exits_1_and_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """A recipe step that changes outputs, checked at a tolerance it cannot meet."""
+    """A recipe step that changes outputs although it claims to preserve them."""
     from tests.test_passes import _TouchPass  # noqa: F401  (registers test-touch)
 
     model = tmp_path / "m.onnx"
@@ -81,6 +81,31 @@ def test_failed_verification_exits_1_and_writes_nothing(tmp_path: Path, capsys: 
     recipe = tmp_path / "r.yaml"
     recipe.write_text("steps: [test-break-outputs]\n")
     out = tmp_path / "out.onnx"
-    assert main(["optimize", str(model), "-o", str(out), "--recipe", str(recipe), "--no-bench"]) == 1
+    argv = ["optimize", str(model), "-o", str(out), "--recipe", str(recipe), "--no-bench"]
+    assert main([*argv, "--no-repair"]) == 1
     assert "verification failed" in capsys.readouterr().err
     assert not out.exists()
+    # Without --no-repair the breaking step is left out and the (unchanged) model written.
+    assert main(argv) == 0
+    assert "left out step 1 (test-break-outputs)" in capsys.readouterr().err
+    assert [n.op_type for n in load_model(out).graph] == ["Relu"]
+
+
+def test_pass_that_breaks_outputs_is_left_out(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The default tolerance catches a pass that changes outputs; the step is dropped, the rest kept."""
+    from tests.conftest import write_text_model
+    from tests.test_passes import _BreakOutputsPass  # noqa: F401  (registers test-break-outputs)
+
+    model = write_text_model(
+        tmp_path / "m.onnx",
+        '<ir_version: 8, opset_import: ["" : 18]>\ng (float[2] x) => (float[2] y) { a = Identity(x)\n y = Relu(a) }',
+    )
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("steps: [test-break-outputs, remove-no-ops]\n")
+    out = tmp_path / "out.onnx"
+    assert main(["optimize", str(model), "-o", str(out), "--recipe", str(recipe), "--no-bench", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert "left out step 1 (test-break-outputs)" in captured.err
+    report = json.loads(captured.out)
+    assert report["skipped"][0]["pass_name"] == "test-break-outputs"
+    assert [n.op_type for n in load_model(out).graph] == ["Relu"]
