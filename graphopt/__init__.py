@@ -25,6 +25,9 @@ _EXPORTS = {
     "apply_recipe": "graphopt.recipes",
     "resolve_recipe": "graphopt.recipes",
     "verify_models": "graphopt.verify",
+    "optimize_verified": "graphopt.pipeline",
+    "summarize": "graphopt.analysis",
+    "benchmark": "graphopt.bench",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]

@@ -50,7 +50,11 @@ def load_model(path: str | os.PathLike[str], *, validate: bool = True) -> ir.Mod
 
 
 def validate_model(model: ir.Model, *, source: str = "model") -> None:
-    """Raise :class:`InvalidModelError` unless the model is a well-formed ONNX graph."""
+    """Raise :class:`InvalidModelError` unless the model is a well-formed ONNX graph.
+
+    Nodes are put in topological order in memory (ONNX requires it; some exporters do not); the
+    file the model came from is never touched.
+    """
     graph = model.graph
     if not graph.outputs:
         raise InvalidModelError(f"{source}: the graph has no outputs (is this an ONNX model?)")
