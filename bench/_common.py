@@ -88,7 +88,18 @@ def machine_info() -> dict[str, Any]:
                          "transformers", "numpy")
         },
         "git": git_state(),
+        "graphopt_sources_sha256": sources_digest(ROOT / "graphopt"),
     }
+
+
+def sources_digest(folder: Path) -> str:
+    """One sha256 over the package's Python sources (others edit them while benchmarks run)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted(folder.rglob("*.py")):
+        digest.update(str(path.relative_to(folder)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
 
 
 def write_atomic(path: Path, text: str) -> None:

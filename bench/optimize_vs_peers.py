@@ -35,6 +35,7 @@ import dataclasses
 import gc
 import hashlib
 import json
+import logging
 import os
 import statistics
 import sys
@@ -225,17 +226,17 @@ _TEXT = f"{BATCH} x {SEQUENCE} tokens of real text (graphopt.data.stdlib_sentenc
 MODELS = (
     ModelSpec("minilm-dynamo", "all-MiniLM-L6-v2 sentence embedder (real weights), dynamo exporter",
               {"model": "all-MiniLM-L6-v2", "exporter": "dynamo"}, _export_minilm("dynamo"), _minilm_feeds,
-              _TEXT, rounds=20),
+              _TEXT, rounds=30),
     ModelSpec("minilm-torchscript", "all-MiniLM-L6-v2 sentence embedder (real weights), TorchScript exporter",
               {"model": "all-MiniLM-L6-v2", "exporter": "torchscript"}, _export_minilm("torchscript"),
-              _minilm_feeds, _TEXT, rounds=20),
+              _minilm_feeds, _TEXT, rounds=30),
     ModelSpec("gpt2-small-random", "GPT-2 LM head, 4 layers, hidden 256, 4 heads, vocab 5000, random weights "
               "(seed 0), exporter auto (dynamo first)", {"model": "gpt2", **GPT2_CONFIG}, _export_gpt2,
-              _synthetic_feeds(), f"synthesised: {BATCH} x {SEQUENCE} token ids, mask all ones", rounds=25),
+              _synthetic_feeds(), f"synthesised: {BATCH} x {SEQUENCE} token ids, mask all ones", rounds=40),
     ModelSpec("resnet-cnn", "ResNet-style CNN (Conv+BatchNorm+ReLU basic blocks, widths 32/64/128, 2 blocks "
               "each), random weights (seed 0), exporter auto (dynamo first)",
               {"model": "resnet", **CNN_CONFIG}, _export_cnn, _synthetic_feeds({"pixels": (BATCH, 3, IMAGE, IMAGE)}),
-              f"synthesised: {BATCH} x 3 x {IMAGE} x {IMAGE} N(0, 1) pixels", rounds=30),
+              f"synthesised: {BATCH} x 3 x {IMAGE} x {IMAGE} N(0, 1) pixels", rounds=50),
 )
 
 
@@ -335,9 +336,23 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[:500]}" if text else type(exc).__name__
 
 
+class _Collect(logging.Handler):
+    """Collects the warnings graphopt logs while a tool runs (e.g. a fusion it gave up on)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(f"{record.name}: {record.getMessage()}")
+
+
 def run_tools(original: Path, folder: Path, reps: int) -> dict[str, dict[str, Any]]:
     """Run every tool ``reps`` times, taking turns; return per tool its times or its failure."""
-    results: dict[str, dict[str, Any]] = {tool: {"times_s": [], "error": None} for tool in TOOLS}
+    results: dict[str, dict[str, Any]] = {tool: {"times_s": [], "error": None, "warnings": []}
+                                          for tool in TOOLS}
+    collector = _Collect()
+    logging.getLogger("graphopt").addHandler(collector)
     for rep in range(reps):
         for tool in TOOLS:
             entry = results[tool]
@@ -347,6 +362,7 @@ def run_tools(original: Path, folder: Path, reps: int) -> dict[str, dict[str, An
             with contextlib.suppress(FileNotFoundError):
                 dst.unlink()
             gc.collect()
+            collector.messages.clear()
             t0 = time.perf_counter()
             try:
                 with _common.stdout_to_stderr():
@@ -357,9 +373,12 @@ def run_tools(original: Path, folder: Path, reps: int) -> dict[str, dict[str, An
                 entry["error"] = _describe(exc)
                 log(f"  {tool}: FAILED ({entry['error'][:200]})")
                 continue
+            finally:
+                entry["warnings"] += [m for m in collector.messages if m not in entry["warnings"]]
             seconds = time.perf_counter() - t0
             entry["times_s"].append(round(seconds, 4))
             log(f"  {tool}: rep {rep + 1}/{reps} took {seconds:.2f} s")
+    logging.getLogger("graphopt").removeHandler(collector)
     for entry in results.values():
         ok = entry["times_s"] and not entry["error"]
         entry["time_s"] = statistics.median(entry["times_s"]) if ok else None
@@ -501,6 +520,8 @@ def summarise(record: dict[str, Any], latencies: dict[str, list[float]]) -> dict
     flags: list[str] = summary["flags"]
     for tool in TOOLS:
         entry = tools[tool]
+        for warning in entry.get("warnings", []):
+            flags.append(f"{tool} logged a warning: {warning[:400]}")
         if entry["error"]:
             flags.append(f"{tool} failed: {entry['error'][:300]}")
         elif "verify_error" in entry:
@@ -540,7 +561,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"{load} at start, {load_end} at the end), {'quick (smoke test)' if result['quick'] else 'full'} mode, "
         f"total {result['total_seconds']:.0f} s. onnxruntime {v['onnxruntime']}, onnx {v['onnx']}, "
         f"onnxscript {v['onnxscript']}, onnx-ir {v['onnx-ir']}, onnxsim {v['onnxsim']}, torch {v['torch']}, "
-        f"transformers {v['transformers']}; graphopt at {commit}{dirty}.",
+        f"transformers {v['transformers']}; graphopt at {commit}{dirty}, sources sha256 "
+        f"{(machine.get('graphopt_sources_sha256') or '?')[:12]}.",
         "",
         "- Tool time: file to file (load, optimise, save), median of "
         f"{settings['tool_reps']} repetitions, the tools taking turns in one process.",
@@ -620,8 +642,6 @@ def main(argv: list[str] | None = None) -> int:
                         help="folder for the exported models and the tools' outputs")
     parser.add_argument("--models", nargs="+", choices=[m.name for m in MODELS], help="only these models")
     args = parser.parse_args(argv)
-
-    import logging
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="%(levelname)s %(name)s: %(message)s")

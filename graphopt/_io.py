@@ -45,11 +45,11 @@ def load_model(path: str | os.PathLike[str], *, validate: bool = True) -> ir.Mod
     except OSError as exc:
         raise InputError(f"{p}: cannot read ({exc.strerror or exc})") from exc
     if validate:
-        validate_model(model, source=str(p))
+        validate_model(model, source=str(p), path=p)
     return model
 
 
-def validate_model(model: ir.Model, *, source: str = "model") -> None:
+def validate_model(model: ir.Model, *, source: str = "model", path: str | os.PathLike[str] | None = None) -> None:
     """Raise :class:`InvalidModelError` unless the model is a well-formed ONNX graph.
 
     Nodes are put in topological order in memory (ONNX requires it; some exporters do not); the
@@ -71,10 +71,15 @@ def validate_model(model: ir.Model, *, source: str = "model") -> None:
         graph.sort()
     except Exception as exc:  # onnx_ir raises a plain ValueError on cycles
         raise InvalidModelError(f"{source}: the graph is not a DAG ({one_line(exc)})") from exc
-    if model_bytes(model) < EXTERNAL_DATA_THRESHOLD:
-        proto = ir.serde.serialize_model(model)
+    external = any(isinstance(v.const_value, ir.ExternalTensor) for v in graph.initializers.values())
+    checked: onnx.ModelProto | str | None = None
+    if external and path is not None:
+        checked = os.fspath(path)  # the checker resolves external data next to the file
+    elif not external and model_bytes(model) < EXTERNAL_DATA_THRESHOLD:
+        checked = ir.serde.serialize_model(model)
+    if checked is not None:
         try:
-            onnx.checker.check_model(proto)
+            onnx.checker.check_model(checked)
         except onnx.checker.ValidationError as exc:
             message = one_line(exc)
             if "No Op registered" in message or "No opset import" in message:
@@ -145,6 +150,9 @@ def save_model(
             if use_external:
                 ir.save(model, target, external_data=f"{out.name}.data", size_threshold_bytes=1024)
             else:
+                # Tensors still lazily read from another file's external data would otherwise be
+                # written as references to a path that does not exist beside the new model.
+                ir.external_data.load_to_model(model)
                 ir.save(model, target)
     except OSError as exc:
         raise InputError(f"{out}: cannot write ({exc.strerror or exc})") from exc

@@ -79,12 +79,19 @@ def make_session(
         options.inter_op_num_threads = 1
     providers = resolve_providers(provider)
     if isinstance(model, ir.Model):
-        if model_bytes(model) >= EXTERNAL_DATA_THRESHOLD:
+        if model_bytes(model) >= EXTERNAL_DATA_THRESHOLD or _has_external_tensors(model):
+            # onnxruntime cannot resolve external data for a model handed over as bytes.
             with tempfile.TemporaryDirectory(prefix="graphopt-session-") as tmp:
                 path = save_model(model, Path(tmp) / "model.onnx")
                 return _create(ort, str(path), options, providers)
         return _create(ort, ir.to_proto(model).SerializeToString(), options, providers)
     return _create(ort, os.fspath(model), options, providers)
+
+
+def _has_external_tensors(model: ir.Model) -> bool:
+    return any(
+        isinstance(value.const_value, ir.ExternalTensor) for value in model.graph.initializers.values()
+    )
 
 
 def _create(ort: Any, source: Any, options: Any, providers: list[str]) -> Any:

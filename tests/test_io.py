@@ -141,3 +141,33 @@ def test_check_output_path_refuses_input(mlp_path: Path) -> None:
 def test_check_output_path_refuses_missing_folder(tmp_path: Path, mlp_path: Path) -> None:
     with pytest.raises(InputError, match="does not exist"):
         check_output_path(tmp_path / "no" / "out.onnx", mlp_path)
+
+
+def test_model_with_external_data_saves_inline_elsewhere(tmp_path: Path) -> None:
+    source, target = tmp_path / "a", tmp_path / "b"
+    source.mkdir()
+    target.mkdir()
+    ir.save(ir.from_onnx_text(SMALL_MLP_WITH_INITIALIZER), source / "m.onnx", external_data="m.onnx.data",
+            size_threshold_bytes=0)
+    model = load_model(source / "m.onnx")
+    save_model(model, target / "copy.onnx")
+    assert sorted(p.name for p in target.iterdir()) == ["copy.onnx"]
+    (source / "m.onnx.data").unlink()  # the copy must not depend on the original's data file
+    copy = load_model(target / "copy.onnx")
+    np.testing.assert_array_equal(copy.graph.initializers["w"].const_value.numpy(), [1, 2, 3, 4])
+
+
+def test_session_from_model_with_external_data(tmp_path: Path) -> None:
+    from graphopt.runtime import make_session
+
+    ir.save(ir.from_onnx_text(SMALL_MLP_WITH_INITIALIZER), tmp_path / "m.onnx", external_data="m.onnx.data",
+            size_threshold_bytes=0)
+    session = make_session(load_model(tmp_path / "m.onnx"))
+    (y,) = session.run(None, {"x": np.zeros(4, np.float32)})
+    np.testing.assert_array_equal(y, [1, 2, 3, 4])
+
+
+SMALL_MLP_WITH_INITIALIZER = """
+<ir_version: 8, opset_import: ["" : 18]>
+g (float[4] x) => (float[4] y) <float[4] w = {1, 2, 3, 4}> { y = Add(x, w) }
+"""
