@@ -638,16 +638,20 @@ def _wrapper(model: Any, output: str, pooling: str | None = None, normalize: boo
     return TextModel()
 
 
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InputError(f"{path}: unreadable ({_first_line(exc)})") from exc
+
+
 def _sentence_transformer_config(directory: Path) -> tuple[str, bool]:
     """(pooling, normalize) from a sentence-transformers directory; mean + normalise by default."""
     normalize = True
     modules_file = directory / "modules.json"
     pooling_dir = directory / "1_Pooling"
     if modules_file.is_file():
-        try:
-            modules = json.loads(modules_file.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise InputError(f"{modules_file}: unreadable ({_first_line(exc)})") from exc
+        modules = _read_json(modules_file)
         types = [str(m.get("type", "")) for m in modules if isinstance(m, Mapping)]
         normalize = any(t.endswith(".Normalize") for t in types)
         for m in modules:
@@ -656,10 +660,7 @@ def _sentence_transformer_config(directory: Path) -> tuple[str, bool]:
     pooling = "mean"
     config_file = pooling_dir / "config.json"
     if config_file.is_file():
-        try:
-            settings = json.loads(config_file.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise InputError(f"{config_file}: unreadable ({_first_line(exc)})") from exc
+        settings = _read_json(config_file)
         if settings.get("pooling_mode_mean_tokens"):
             pooling = "mean"
         elif settings.get("pooling_mode_cls_token"):

@@ -77,3 +77,29 @@ def check_no_rewrite(before: str, pass_name: str) -> None:
     result = create_pass(pass_name)(model)
     assert not result.modified
     assert nodes(model) == nodes(ir.from_onnx_text(before))
+
+
+def write_cycle_model(path: Path) -> Path:
+    """A graph whose two nodes feed each other: ``a = Add(x, b); b = Relu(a)``."""
+    return _save_helper_graph(path, [("Add", ["x", "b"], ["a"]), ("Relu", ["a"], ["b"])], "b", [2])
+
+
+def write_missing_initializer_model(path: Path) -> Path:
+    """``y = MatMul(x, w)`` where ``w`` is defined nowhere."""
+    return _save_helper_graph(path, [("MatMul", ["x", "w"], ["y"])], "y", [2, 2])
+
+
+def _save_helper_graph(
+    path: Path, nodes: list[tuple[str, list[str], list[str]]], output: str, shape: list[int]
+) -> Path:
+    import onnx
+    import onnx.helper as oh
+
+    graph = oh.make_graph(
+        [oh.make_node(op, inputs, outputs) for op, inputs, outputs in nodes],
+        "g",
+        [oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, shape)],
+        [oh.make_tensor_value_info(output, onnx.TensorProto.FLOAT, shape)],
+    )
+    onnx.save(oh.make_model(graph, opset_imports=[oh.make_opsetid("", 18)]), path)
+    return path

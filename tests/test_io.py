@@ -9,7 +9,7 @@ import pytest
 from graphopt import _io
 from graphopt._io import check_output_path, load_model, save_model
 from graphopt.errors import InputError, InvalidModelError, UnsupportedError
-from tests.conftest import SMALL_MLP, write_text_model
+from tests.conftest import SMALL_MLP, write_cycle_model, write_missing_initializer_model, write_text_model
 
 
 def test_load_valid_model(mlp_path: Path) -> None:
@@ -45,35 +45,13 @@ def test_load_truncated_model(tmp_path: Path, mlp_path: Path) -> None:
 
 
 def test_load_rejects_cycle(tmp_path: Path) -> None:
-    import onnx
-    import onnx.helper as oh
-
-    graph = oh.make_graph(
-        [oh.make_node("Add", ["x", "b"], ["a"]), oh.make_node("Relu", ["a"], ["b"])],
-        "cycle",
-        [oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2])],
-        [oh.make_tensor_value_info("b", onnx.TensorProto.FLOAT, [2])],
-    )
-    path = tmp_path / "cycle.onnx"
-    onnx.save(oh.make_model(graph, opset_imports=[oh.make_opsetid("", 18)]), path)
     with pytest.raises(InvalidModelError, match=r"DAG|cycle|neither"):
-        load_model(path)
+        load_model(write_cycle_model(tmp_path / "cycle.onnx"))
 
 
 def test_load_rejects_missing_initializer(tmp_path: Path) -> None:
-    import onnx
-    import onnx.helper as oh
-
-    graph = oh.make_graph(
-        [oh.make_node("MatMul", ["x", "w"], ["y"])],
-        "missing",
-        [oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 2])],
-        [oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 2])],
-    )
-    path = tmp_path / "missing.onnx"
-    onnx.save(oh.make_model(graph, opset_imports=[oh.make_opsetid("", 18)]), path)
     with pytest.raises(InvalidModelError, match="'w'"):
-        load_model(path)
+        load_model(write_missing_initializer_model(tmp_path / "missing.onnx"))
 
 
 def test_load_rejects_unknown_op(tmp_path: Path) -> None:
@@ -147,8 +125,12 @@ def test_model_with_external_data_saves_inline_elsewhere(tmp_path: Path) -> None
     source, target = tmp_path / "a", tmp_path / "b"
     source.mkdir()
     target.mkdir()
-    ir.save(ir.from_onnx_text(SMALL_MLP_WITH_INITIALIZER), source / "m.onnx", external_data="m.onnx.data",
-            size_threshold_bytes=0)
+    ir.save(
+        ir.from_onnx_text(SMALL_MLP_WITH_INITIALIZER),
+        source / "m.onnx",
+        external_data="m.onnx.data",
+        size_threshold_bytes=0,
+    )
     model = load_model(source / "m.onnx")
     save_model(model, target / "copy.onnx")
     assert sorted(p.name for p in target.iterdir()) == ["copy.onnx"]
@@ -160,8 +142,12 @@ def test_model_with_external_data_saves_inline_elsewhere(tmp_path: Path) -> None
 def test_session_from_model_with_external_data(tmp_path: Path) -> None:
     from graphopt.runtime import make_session
 
-    ir.save(ir.from_onnx_text(SMALL_MLP_WITH_INITIALIZER), tmp_path / "m.onnx", external_data="m.onnx.data",
-            size_threshold_bytes=0)
+    ir.save(
+        ir.from_onnx_text(SMALL_MLP_WITH_INITIALIZER),
+        tmp_path / "m.onnx",
+        external_data="m.onnx.data",
+        size_threshold_bytes=0,
+    )
     session = make_session(load_model(tmp_path / "m.onnx"))
     (y,) = session.run(None, {"x": np.zeros(4, np.float32)})
     np.testing.assert_array_equal(y, [1, 2, 3, 4])

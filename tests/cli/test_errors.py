@@ -12,7 +12,7 @@ import onnx.helper as oh
 import pytest
 
 from graphopt.cli import main
-from tests.conftest import digest
+from tests.conftest import digest, write_cycle_model, write_missing_initializer_model
 
 
 def _empty(p: Path) -> None:
@@ -29,23 +29,11 @@ def _truncated(p: Path, source: Path) -> None:
 
 
 def _cycle(p: Path) -> None:
-    graph = oh.make_graph(
-        [oh.make_node("Add", ["x", "b"], ["a"]), oh.make_node("Relu", ["a"], ["b"])],
-        "cycle",
-        [oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2])],
-        [oh.make_tensor_value_info("b", onnx.TensorProto.FLOAT, [2])],
-    )
-    onnx.save(oh.make_model(graph, opset_imports=[oh.make_opsetid("", 18)]), p)
+    write_cycle_model(p)
 
 
 def _missing_initializer(p: Path) -> None:
-    graph = oh.make_graph(
-        [oh.make_node("MatMul", ["x", "w"], ["y"])],
-        "missing",
-        [oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 2])],
-        [oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 2])],
-    )
-    onnx.save(oh.make_model(graph, opset_imports=[oh.make_opsetid("", 18)]), p)
+    write_missing_initializer_model(p)
 
 
 def _unknown_op(p: Path) -> None:
