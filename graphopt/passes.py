@@ -37,7 +37,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_BUILTIN_PASS_MODULES = ("graphopt.rewrites.cleanup", "graphopt.rewrites.fusion")
+_BUILTIN_PASS_MODULES = ("graphopt.rewrites.cleanup", "graphopt.rewrites.fusion", "graphopt.rewrites.ort_fusion")
 
 
 def setting(default: Any, description: str, *, search: Sequence[Any] | None = None) -> Any:

@@ -567,7 +567,7 @@ def test_hugging_face_exports(exported, kind, exporter):
 
 @pytest.mark.slow
 def test_onnxruntime_fused_bert(exported):
-    from graphopt.rewrites.fusion import FuseForOnnxruntimePass
+    from graphopt.rewrites.ort_fusion import FuseForOnnxruntimePass
 
     plain = summarize(ir.load(exported("bert", "dynamo")))
     model = ir.load(exported("bert", "dynamo"))

@@ -7,7 +7,8 @@ from graphopt.rewrites.cleanup import (
     RemoveDeadCodePass,
     SimplifyShapesPass,
 )
-from graphopt.rewrites.fusion import FuseForOnnxruntimePass, FuseStandardOpsPass
+from graphopt.rewrites.fusion import FuseStandardOpsPass
+from graphopt.rewrites.ort_fusion import FuseForOnnxruntimePass
 
 __all__ = [
     "DeduplicatePass",
