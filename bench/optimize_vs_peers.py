@@ -246,9 +246,9 @@ def _cache_key(spec: ModelSpec) -> str:
 
     versions = {k: _common.package_version(k)
                 for k in ("torch", "transformers", "onnxscript", "onnx", "onnx-ir")}
+    sources = b"".join(p.read_bytes() for p in sorted(Path(frontend.__file__).parent.glob("*.py")))
     blob = json.dumps({"settings": spec.settings, "versions": versions,
-                       "frontend": hashlib.sha256(Path(frontend.__file__).read_bytes()).hexdigest()},
-                      sort_keys=True)
+                       "frontend": hashlib.sha256(sources).hexdigest()}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
