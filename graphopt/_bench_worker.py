@@ -202,9 +202,10 @@ def measure(config: dict[str, Any]) -> dict[str, Any]:
             "peak_mib": (peak - start[0]) / _MIB,
         })
 
-    # Timed runs, alternating model by model (A B A B ...), in whole rounds: at least ``runs``
-    # rounds, more while all timed runs together took less than ``min_seconds``, but no more
-    # than ``max_runs`` rounds.
+    # Timed runs in whole rounds, every model once per round; the order rotates from round to
+    # round (A B, B A, A B, ...; with three models A B C, B C A, C A B) so that no model always
+    # runs first or after the same neighbour. At least ``runs`` rounds, more while all timed runs
+    # together took less than ``min_seconds``, but no more than ``max_runs`` rounds.
     timings: list[list[int]] = [[] for _ in paths]
     totals = [0] * len(paths)
     order: list[int] = []
@@ -215,7 +216,9 @@ def measure(config: dict[str, Any]) -> dict[str, Any]:
     try:
         rounds = 0
         while rounds < runs or (rounds < max_runs and sum(totals) < min_ns):
-            for index, session in enumerate(sessions):
+            shift = rounds % len(sessions)
+            for index in [*range(shift, len(sessions)), *range(shift)]:
+                session = sessions[index]
                 t0 = perf()
                 try:
                     session.run(None, feeds)

@@ -3,9 +3,10 @@
 Measurements run in a fresh Python process (:mod:`graphopt._bench_worker`), never in the caller's:
 the caller's own memory, threads and warm caches stay out of the numbers, and a model that
 crashes onnxruntime or never finishes costs an error, not the caller. The worker creates one
-onnxruntime session per model, warms each up, then runs the models in alternation
-(A B A B ...) so that noise on a busy machine hits all of them alike; with two or more models
-each round gives a ratio (model / first model) and the report summarises those ratios.
+onnxruntime session per model, warms each up, then runs the models in alternation, rotating
+the order each round (A B, B A, A B, ...), so that noise on a busy machine hits all of them alike
+and no model always runs first; with two or more models each round gives a ratio (model / first
+model) and the report summarises those ratios.
 
 Peak memory (``ModelBench.peak_mib``) is the largest increase of the worker's resident set size
 (RSS) over its value just before the model's session is created, reached while the session is
@@ -109,7 +110,7 @@ class LatencyRatio:
 class BenchReport:
     """Everything one :func:`benchmark` call measured.
 
-    ``run_order`` lists the model index of every timed run in the order they ran (``0 1 0 1 ...``).
+    ``run_order`` lists the model index of every timed run in the order they ran (``0 1 1 0 0 1 ...``).
     ``baseline_rss_mib`` is the worker's RSS before any session existed; ``final_rss_mib`` its RSS
     after the timed runs; ``timed_growth_mib`` its peak RSS during the timed runs minus its RSS
     before them (near 0 unless runs keep allocating); ``ru_maxrss_mib`` is ``getrusage``'s lifetime

@@ -157,3 +157,18 @@ SMALL_MLP_WITH_INITIALIZER = """
 <ir_version: 8, opset_import: ["" : 18]>
 g (float[4] x) => (float[4] y) <float[4] w = {1, 2, 3, 4}> { y = Add(x, w) }
 """
+
+
+def test_unsorted_graph_loads_sorted(tmp_path: Path) -> None:
+    import onnx
+    import onnx.helper as oh
+
+    graph = oh.make_graph(
+        [oh.make_node("Relu", ["a"], ["y"]), oh.make_node("Neg", ["x"], ["a"])],
+        "unsorted",
+        [oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2])],
+        [oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2])],
+    )
+    path = tmp_path / "unsorted.onnx"
+    onnx.save(oh.make_model(graph, opset_imports=[oh.make_opsetid("", 18)]), path)
+    assert [n.op_type for n in load_model(path).graph] == ["Neg", "Relu"]
