@@ -18,11 +18,11 @@ from graphopt._io import load_model, model_bytes, save_model
 from graphopt.analysis import summarize
 from graphopt.bench import benchmark
 from graphopt.data import split_sentences, stdlib_sentences, tokenize
+from graphopt.errors import CheckFailed
 from graphopt.feeds import save_feeds
 from graphopt.frontend import export_sentence_embedder, minilm_dir
-from graphopt.passes import TimingHook
-from graphopt.recipes import NAMED_RECIPES, apply_recipe
-from graphopt.verify import verify_models
+from graphopt.pipeline import optimize_verified
+from graphopt.recipes import NAMED_RECIPES
 
 __all__ = ["run_demo"]
 
@@ -83,25 +83,24 @@ def run_demo(
         "mlp_width": sorted({b.hidden_size for b in summary.mlp_blocks if b.hidden_size}),
     }
 
-    progress("optimizing with the default recipe")
-    timing = TimingHook()
+    progress(f"optimizing with the default recipe, verified on {len(evaluation)} real sentences")
+    del model
     started = time.perf_counter()
-    apply_recipe(model, NAMED_RECIPES["default"], hooks=[timing])
-    optimized_path = save_model(model, work / "minilm.optimized.onnx")
+    result = optimize_verified(original_path, NAMED_RECIPES["default"], eval_feeds)
+    seconds = time.perf_counter() - started
+    optimized_path = save_model(result.model, work / "minilm.optimized.onnx")
     report["optimize"] = {
         "path": str(optimized_path),
-        "seconds": time.perf_counter() - started,
+        "seconds": seconds,
         "nodes_before": summary.node_count,
-        "nodes_after": sum(1 for _ in model.graph.all_nodes()),
-        "weight_bytes_after": model_bytes(model),
-        "passes_that_changed_the_graph": [r["pass"] for r in timing.records if r["modified"]],
+        "nodes_after": sum(1 for _ in result.model.graph.all_nodes()),
+        "weight_bytes_after": model_bytes(result.model),
+        "passes_that_changed_the_graph": [r["pass"] for r in result.passes if r["modified"]],
+        "left_out": [f"{s.pass_name}: {s.reason}" for s in result.skipped],
     }
-
-    progress(f"verifying on {len(evaluation)} real sentences")
-    verdict = verify_models(
-        original_path, optimized_path, eval_feeds, batch_size=batch, signature=load_model(original_path)
-    )
-    report["verify"] = verdict.to_dict()
+    if result.report is None:
+        raise CheckFailed(f"the optimized model could not be verified: {result.failure}")
+    report["verify"] = result.report.to_dict()
 
     progress(f"benchmarking original vs optimized ({batch} x {sequence} tokens, {threads} threads)")
     bench_feeds = {name: array[:batch] for name, array in eval_feeds.items()}

@@ -55,8 +55,10 @@ def _format(r: dict[str, Any]) -> str:
         f"({i['parameter_bytes'] / 2**20:.1f} MiB), {i['macs'] / 1e9:.2f} GMACs at 8 x {d['sequence']} tokens; "
         f"{i['attention_blocks']} attention blocks (heads {_join(i['heads'])}, head size {_join(i['head_size'])}), "
         f"{i['mlp_blocks']} MLP blocks (width {_join(i['mlp_width'])})",
-        f"4. optimize  default recipe in {o['seconds']:.1f} s: {o['nodes_before']} -> {o['nodes_after']} nodes "
-        f"(changed by: {', '.join(o['passes_that_changed_the_graph']) or 'nothing'})",
+        f"4. optimize  default recipe in {o['seconds']:.1f} s (with verification): {o['nodes_before']} -> "
+        f"{o['nodes_after']} nodes (changed by: {', '.join(o['passes_that_changed_the_graph']) or 'nothing'}"
+        + (f"; left out: {'; '.join(o['left_out'])}" if o["left_out"] else "")
+        + ")",
         f"5. verify    {d['evaluation']} real sentences: max abs error {out['max_abs']:.2g}, "
         f"min cosine {out['cosine']:.6f}  ->  {'ok' if v['passed'] else 'FAILED'} "
         f"(atol {v['atol']:g}, rtol {v['rtol']:g})",

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Any
 
-from graphopt.cli._common import add_feed_args, emit_json, print_table
+from graphopt.cli._common import add_feed_args, emit_json, print_table, resolve_feeds
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -46,8 +47,6 @@ def run(args: argparse.Namespace) -> int:
 
     recipe = resolve_recipe(args.recipe)
     if args.atol is not None or args.rtol is not None:
-        import dataclasses
-
         recipe = dataclasses.replace(
             recipe,
             atol=recipe.atol if args.atol is None else args.atol,
@@ -59,9 +58,11 @@ def run(args: argparse.Namespace) -> int:
     if not args.output:
         raise UsageError("missing -o/--output")
     output = check_output_path(args.output, args.model)
+    if args.save_recipe:
+        check_output_path(args.save_recipe, args.model)
     original = load_model(args.model)
     before = _stats(original, model_bytes(original), Path(args.model))
-    feeds = None if args.no_verify and args.no_bench else _feeds(args, original)
+    feeds = None if args.no_verify and args.no_bench else resolve_feeds(args, original)
     del original
 
     result = optimize_verified(
@@ -75,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     model = result.model
     report: dict[str, Any] = {"recipe": recipe.to_dict(), "passes": list(result.passes)}
     if result.skipped:
-        report["skipped"] = [dataclasses_asdict(s) for s in result.skipped]
+        report["skipped"] = [dataclasses.asdict(s) for s in result.skipped]
         for step in result.skipped:
             print(
                 f"graphopt optimize: left out step {step.index + 1} ({step.pass_name}): {step.reason}", file=sys.stderr
@@ -103,18 +104,6 @@ def run(args: argparse.Namespace) -> int:
         report["bench"] = latency.to_dict()
     _print(args, report, before, after, latency)
     return 0
-
-
-def dataclasses_asdict(obj: Any) -> dict[str, Any]:
-    import dataclasses
-
-    return dataclasses.asdict(obj)
-
-
-def _feeds(args: argparse.Namespace, model: Any) -> dict[str, Any]:
-    from graphopt.cli._common import resolve_feeds
-
-    return resolve_feeds(args, model)
 
 
 def _stats(model: Any, weight_bytes: int, path: Path) -> dict[str, Any]:
