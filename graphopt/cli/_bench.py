@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
-from graphopt.cli._common import add_feed_args
+from graphopt.cli._common import add_feed_args, progress
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -58,9 +57,8 @@ def run(args: argparse.Namespace) -> int:
     gc.collect()
 
     paths = [args.model] + ([args.vs] if args.vs else [])
-    if not args.json:
-        print(f"measuring {' and '.join(paths)} in a worker process ({args.warmup} warm-up, "
-              f"at least {args.runs} timed runs each) ...", file=sys.stderr, flush=True)
+    progress(f"measuring {' and '.join(paths)} in a worker process ({args.warmup} warm-up, "
+             f"at least {args.runs} timed runs each) ...")
     report = benchmark(
         paths, feeds, threads=args.threads, provider=args.provider, warmup=args.warmup, runs=args.runs,
         min_seconds=args.min_seconds, timeout=args.timeout,

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["add_feed_args", "emit_json", "format_table", "print_table", "resolve_feeds"]
+__all__ = ["add_feed_args", "emit_json", "format_table", "print_table", "progress", "resolve_feeds"]
 
 
 def add_feed_args(parser: argparse.ArgumentParser) -> None:
@@ -61,3 +61,10 @@ def _fmt(value: Any) -> str:
             return f"{value:.3g}"
         return f"{value:.4g}"
     return str(value)
+
+
+def progress(message: str) -> None:
+    """A progress line on stderr, only for a person watching a terminal: scripts and logs get
+    stdout's report and, on failure, the single error line."""
+    if sys.stderr.isatty():
+        print(message, file=sys.stderr, flush=True)

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from graphopt.cli._common import add_feed_args, emit_json, print_table, resolve_feeds
+from graphopt.cli._common import add_feed_args, emit_json, print_table, progress, resolve_feeds
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -123,7 +123,7 @@ def _write_recipe(recipe: Any, path: Path) -> None:
 
 
 def _progress(name: str) -> None:
-    print(f"  running {name} ...", file=sys.stderr)
+    progress(f"  running {name} ...")
 
 
 def _print(
