@@ -9,7 +9,7 @@ input shapes. Counting rules are documented in :mod:`graphopt.analysis._cost`, b
 from graphopt.analysis._attention import AttentionBlock
 from graphopt.analysis._blocks import ConvStage, MlpBlock
 from graphopt.analysis._graph import Projection
-from graphopt.analysis._shapes import DEFAULT_BATCH, DEFAULT_SEQUENCE
+from graphopt.analysis._shapes import DEFAULT_BATCH, DEFAULT_SEQUENCE, concrete_copy
 from graphopt.analysis._summary import CostSummary, ModelSummary, TensorInfo, summarize
 
 __all__ = [
@@ -22,5 +22,6 @@ __all__ = [
     "ModelSummary",
     "Projection",
     "TensorInfo",
+    "concrete_copy",
     "summarize",
 ]

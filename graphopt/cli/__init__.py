@@ -18,7 +18,7 @@ from graphopt.errors import GraphoptError
 
 __all__ = ["main"]
 
-_VERBS = ("inspect", "optimize", "verify", "bench", "demo")
+_VERBS = ("inspect", "optimize", "verify", "bench", "encode", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,7 +12,7 @@ from graphopt.cli import main
 def test_help_lists_verbs(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
-    for verb in ("inspect", "optimize", "verify", "bench", "demo"):
+    for verb in ("inspect", "optimize", "verify", "bench", "encode", "demo"):
         assert verb in out
 
 
