@@ -37,7 +37,12 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_BUILTIN_PASS_MODULES = ("graphopt.rewrites.cleanup", "graphopt.rewrites.fusion", "graphopt.rewrites.ort_fusion")
+_BUILTIN_PASS_MODULES = (
+    "graphopt.rewrites.cleanup",
+    "graphopt.rewrites.fusion",
+    "graphopt.rewrites.ort_fusion",
+    "graphopt.rewrites.quantize_weights",
+)
 
 
 def setting(default: Any, description: str, *, search: Sequence[Any] | None = None) -> Any:

@@ -9,6 +9,7 @@ from graphopt.rewrites.cleanup import (
 )
 from graphopt.rewrites.fusion import FuseStandardOpsPass
 from graphopt.rewrites.ort_fusion import FuseForOnnxruntimePass
+from graphopt.rewrites.quantize_weights import LowerToMatMulNBitsPass, QuantizeWeightsPass
 
 __all__ = [
     "DeduplicatePass",
@@ -16,6 +17,8 @@ __all__ = [
     "FoldConstantsPass",
     "FuseForOnnxruntimePass",
     "FuseStandardOpsPass",
+    "LowerToMatMulNBitsPass",
+    "QuantizeWeightsPass",
     "RemoveDeadCodePass",
     "SimplifyShapesPass",
 ]
