@@ -21,7 +21,7 @@ def test_fuse_ort_skips_non_transformer_graphs() -> None:
     )
 
 
-def _fuse_ort_on_export(kind: str, tmp_path, caplog) -> tuple[ir.Model, bool]:  # type: ignore[no-untyped-def]
+def _fuse_ort_on_export(kind: str, tmp_path, caplog, **settings) -> tuple[ir.Model, bool]:  # type: ignore[no-untyped-def]
     import logging
 
     from graphopt._io import load_model
@@ -35,7 +35,7 @@ def _fuse_ort_on_export(kind: str, tmp_path, caplog) -> tuple[ir.Model, bool]:  
     model = load_model(path)
     apply_recipe(model, NAMED_RECIPES["portable"])
     with caplog.at_level(logging.INFO, logger="graphopt.rewrites.ort_fusion"):
-        modified = create_pass("fuse-ort")(model).modified
+        modified = create_pass("fuse-ort", settings)(model).modified
     original = load_model(path)
     feeds = synthesize_feeds(input_specs(original), batch=3, sequence=9, seed=2)
     assert verify_models(path, model, feeds, signature=original).passed
@@ -53,7 +53,7 @@ def test_fuse_ort_fuses_bert_attention(tmp_path, caplog) -> None:  # type: ignor
 def test_fuse_ort_retries_without_attention_when_onnxruntime_rejects(tmp_path, caplog) -> None:  # type: ignore[no-untyped-def]
     """onnxscript 0.7.2 fuses GPT-2 (dynamo) attention into a MultiHeadAttention whose rank-3 output
     feeds a rank-2 Gemm; the pass must notice, drop the attention family and keep the rest."""
-    model, modified = _fuse_ort_on_export("gpt2", tmp_path, caplog)
+    model, modified = _fuse_ort_on_export("gpt2", tmp_path, caplog, require_attention=False)
     ops = {node.op_type for node in model.graph}
     assert modified
     if "MultiHeadAttention" in ops:  # a future onnxscript may fix the fusion; then it simply verified
@@ -69,7 +69,18 @@ def test_fuse_ort_families_can_be_switched_off(tmp_path, caplog) -> None:  # typ
 
     path = export_tiny_hf_model("bert", tmp_path, exporter="dynamo").path
     model = load_model(path)
-    assert create_pass("fuse-ort", {"attention": False, "gelu": False})(model).modified
+    assert not create_pass("fuse-ort", {"attention": False})(model).modified  # requires attention by default
+    assert create_pass("fuse-ort", {"attention": False, "gelu": False, "require_attention": False})(model).modified
     ops = {node.op_type for node in model.graph}
     assert not ops & {"Attention", "MultiHeadAttention", "BiasGelu", "Gelu"}
     assert "SkipLayerNormalization" in ops
+
+
+def test_fuse_ort_keeps_nothing_without_attention_by_default(tmp_path, caplog) -> None:  # type: ignore[no-untyped-def]
+    """GPT-2 (dynamo): attention is rejected by onnxruntime, and the remaining fusions alone are not
+    kept, since onnxruntime applies its own at load time."""
+    model, modified = _fuse_ort_on_export("gpt2", tmp_path, caplog)
+    if "MultiHeadAttention" in {node.op_type for node in model.graph}:
+        return  # a future onnxscript may fix the fusion
+    assert not modified
+    assert "onnxruntime rejects the graph fused with ['attention'" in caplog.text
