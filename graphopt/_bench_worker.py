@@ -18,6 +18,8 @@ import sys
 import time
 from typing import Any
 
+from graphopt.errors import one_line
+
 _MIB = float(1 << 20)
 
 
@@ -95,25 +97,17 @@ class _WorkerError(Exception):
         self.kind = kind
 
 
-def _one_line(exc: BaseException) -> str:
-    """The message on one line (onnxruntime spreads the useful part over several)."""
-    text = " ".join(str(exc).split())
-    return text[:400] if text else type(exc).__name__
-
-
 def _load_feeds(path: str) -> dict[str, Any]:
-    import zipfile
-
     import numpy as np
 
+    from graphopt.errors import GraphoptError
+    from graphopt.feeds import load_feeds
+
     try:
-        with np.load(path, allow_pickle=False) as data:
-            feeds = {name: np.ascontiguousarray(data[name]) for name in data.files}
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
-        raise _WorkerError("InputError", f"{path}: not a readable .npz file ({_one_line(exc)})") from exc
-    if not feeds:
-        raise _WorkerError("InputError", f"{path}: the .npz holds no arrays")
-    return feeds
+        feeds = load_feeds(path)
+    except GraphoptError as exc:
+        raise _WorkerError(type(exc).__name__, str(exc)) from exc
+    return {name: np.ascontiguousarray(array) for name, array in feeds.items()}
 
 
 def _batch_size(feeds: dict[str, Any]) -> int:
@@ -124,7 +118,7 @@ def _batch_size(feeds: dict[str, Any]) -> int:
 
 def _run_failed(path: str, exc: Exception) -> _WorkerError:
     return _WorkerError(
-        "InputError", f"{path}: onnxruntime could not run the model on these feeds: {_one_line(exc)}"
+        "InputError", f"{path}: onnxruntime could not run the model on these feeds: {one_line(exc)}"
     )
 
 
@@ -263,7 +257,7 @@ def main() -> int:
     except MemoryError:
         payload, status = {"error": {"type": "CheckFailed", "message": "the benchmark ran out of memory"}}, 3
     except Exception as exc:
-        payload = {"error": {"type": "CheckFailed", "message": f"{type(exc).__name__}: {_one_line(exc)}"}}
+        payload = {"error": {"type": "CheckFailed", "message": f"{type(exc).__name__}: {one_line(exc)}"}}
         status = 3
     json.dump(payload, report)
     report.write("\n")

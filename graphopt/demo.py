@@ -84,9 +84,9 @@ def run_demo(
     }
 
     progress(f"optimizing with the default recipe, verified on {len(evaluation)} real sentences")
-    del model
     started = time.perf_counter()
-    result = optimize_verified(original_path, NAMED_RECIPES["default"], eval_feeds)
+    result = optimize_verified(original_path, NAMED_RECIPES["default"], eval_feeds, original=model)
+    del model
     seconds = time.perf_counter() - started
     optimized_path = save_model(result.model, work / "minilm.optimized.onnx")
     report["optimize"] = {

@@ -53,6 +53,7 @@ def optimize_verified(
     verify: bool = True,
     max_skips: int = 3,
     progress: Callable[[str], None] | None = None,
+    original: ir.Model | None = None,
 ) -> OptimizeResult:
     """Apply ``recipe`` to the model at ``path`` and verify it against the original on ``feeds``.
 
@@ -60,13 +61,15 @@ def optimize_verified(
     the recipe is replayed step by step, verifying after each, to find the first failing step; that
     step is dropped (logged, and listed in ``skipped``) and the recipe runs again, up to
     ``max_skips`` times. Recipes that change outputs on purpose are verified but never repaired.
+    ``original`` is the model as loaded from ``path``, when the caller has it; it is not modified
+    (each attempt rewrites a clone, which shares the weight tensors).
     """
-    signature = load_model(path)
+    signature = original if original is not None else load_model(path)
     remaining = list(enumerate(recipe.steps))  # (index in the recipe, step)
     skipped: list[SkippedStep] = []
     while True:
         active = dataclasses.replace(recipe, steps=tuple(step for _, step in remaining))
-        model = load_model(path)
+        model = signature.clone()
         timing = TimingHook()
         apply_recipe(model, active, hooks=[timing], progress=progress)
         if not verify:
@@ -82,7 +85,7 @@ def optimize_verified(
         logger.warning("leaving out recipe step %d (%s): %s", index + 1, step.pass_name, reason)
         skipped.append(SkippedStep(index, step.pass_name, reason))
         if not remaining:
-            model = load_model(path)
+            model = signature.clone()
             report, failure = _check(path, model, feeds, recipe, signature)
             return OptimizeResult(model, report, failure, tuple(skipped), ())
 
@@ -102,7 +105,7 @@ def _check(
 def _first_failing_step(
     path: str | os.PathLike[str], recipe: Recipe, feeds: Feeds, signature: ir.Model
 ) -> tuple[int, str] | None:
-    model = load_model(path)
+    model = signature.clone()
     for index, pass_ in enumerate(recipe.build()):
         pass_(model)
         _, failure = _check(path, model, feeds, recipe, signature)

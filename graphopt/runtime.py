@@ -12,7 +12,7 @@ import onnx_ir as ir
 from graphopt._io import EXTERNAL_DATA_THRESHOLD, model_bytes, save_model
 from graphopt.errors import InputError, UnsupportedError, UsageError, one_line
 
-__all__ = ["available_providers", "make_session", "onnxruntime_flavour", "resolve_providers"]
+__all__ = ["available_providers", "make_session", "resolve_providers"]
 
 _PROVIDER_ALIASES = {
     "cpu": "CPUExecutionProvider",
@@ -28,11 +28,6 @@ def _ort() -> Any:
     except ImportError as exc:
         raise UsageError("onnxruntime is not installed: pip install 'graphopt[cpu]' (or 'graphopt[gpu]')") from exc
     return onnxruntime
-
-
-def onnxruntime_flavour() -> str:
-    """``"onnxruntime-gpu"`` when CUDA is among the providers, else ``"onnxruntime"``."""
-    return "onnxruntime-gpu" if "CUDAExecutionProvider" in available_providers() else "onnxruntime"
 
 
 def available_providers() -> list[str]:

@@ -8,16 +8,19 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["add_feed_args", "emit_json", "format_table", "print_table", "progress", "resolve_feeds"]
+__all__ = ["add_feed_args", "add_shape_arg", "emit_json", "format_table", "print_table", "progress", "resolve_feeds"]
 
 
 def add_feed_args(parser: argparse.ArgumentParser) -> None:
     """``--inputs FEED.npz``, ``--shape NAME=DIMS`` and ``--seed``."""
     parser.add_argument("--inputs", metavar="FEED.npz", help="feeds: .npz keyed by input name, samples on axis 0")
-    parser.add_argument(
-        "--shape", action="append", default=[], metavar="NAME=D1,D2", help="shape of a synthesised input (repeatable)"
-    )
+    add_shape_arg(parser, "shape of a synthesised input (repeatable)")
     parser.add_argument("--seed", type=int, default=0, help="seed for synthesised inputs")
+
+
+def add_shape_arg(parser: argparse.ArgumentParser, help: str) -> None:
+    """``--shape NAME=D1,D2`` (repeatable), parsed by :func:`graphopt.feeds.parse_shape_overrides`."""
+    parser.add_argument("--shape", action="append", default=[], metavar="NAME=D1,D2", help=help)
 
 
 def resolve_feeds(args: argparse.Namespace, model: Any) -> dict[str, Any]:

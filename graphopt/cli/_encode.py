@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from graphopt.cli._common import emit_json, print_table
+from graphopt.cli._common import add_shape_arg, emit_json, print_table
 
 _VARIANTS = ("ops", "params", "shapes", "full")  # graphopt.predict.VARIANTS, kept here for a fast --help
 
@@ -27,9 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--features", action="store_true", help="print the structural feature vector instead")
     parser.add_argument("--json", action="store_true", help="print encoding and features as JSON")
-    parser.add_argument(
-        "--shape", action="append", default=[], metavar="NAME=D1,D2", help="concrete shape of an input (repeatable)"
-    )
+    add_shape_arg(parser, "concrete shape of an input (repeatable)")
     parser.set_defaults(func=run)
 
 

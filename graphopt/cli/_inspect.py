@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from graphopt.cli._common import add_shape_arg
+
 __all__ = ["format_report", "register", "run"]
 
 
@@ -18,9 +20,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("model", metavar="MODEL", help="the .onnx file")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON (and nothing else)")
-    parser.add_argument(
-        "--shape", action="append", default=[], metavar="NAME=D1,D2",
-        help="input shape for the cost estimate (repeatable); dynamic dims otherwise become "
+    add_shape_arg(
+        parser,
+        "input shape for the cost estimate (repeatable); dynamic dims otherwise become "
         "1 on the first axis and 128 elsewhere",
     )
     parser.set_defaults(func=run)

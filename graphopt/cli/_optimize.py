@@ -63,7 +63,6 @@ def run(args: argparse.Namespace) -> int:
     original = load_model(args.model)
     before = _stats(original, model_bytes(original), Path(args.model))
     feeds = None if args.no_verify and args.no_bench else resolve_feeds(args, original)
-    del original
 
     result = optimize_verified(
         args.model,
@@ -72,7 +71,9 @@ def run(args: argparse.Namespace) -> int:
         verify=not args.no_verify,
         max_skips=0 if args.no_repair else 3,
         progress=None if args.json else _progress,
+        original=original,
     )
+    del original
     model = result.model
     report: dict[str, Any] = {
         "recipe": recipe.to_dict(),

@@ -168,7 +168,8 @@ class SimplifyShapesPass(GraphoptPass[PassSettings]):
     name = "simplify-shapes"
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        modified = _run_all(model, [rewriter.RewritePass(list(_SHAPE_RULES))])
+        # Rules that cancel out (Transpose pairs, full Slices) leave an Identity; remove it here.
+        modified = _run_all(model, [rewriter.RewritePass(list(_SHAPE_RULES)), common_passes.IdentityEliminationPass()])
         return ir.passes.PassResult(model, modified)
 
 

@@ -123,6 +123,19 @@ def test_simplify_shapes_transpose_pair() -> None:
     check_rewrite(before, "simplify-shapes", expected)
 
 
+def test_simplify_shapes_leaves_no_identity_inside_the_graph() -> None:
+    before = (
+        HEADER
+        + """
+    g (float[2, 3, 4] x) => (float[2, 3, 4] y) {
+      a = Transpose <perm = [1, 0, 2]> (x)
+      b = Transpose <perm = [1, 0, 2]> (a)
+      y = Relu(b)
+    }"""
+    )
+    check_rewrite(before, "simplify-shapes", HEADER + "g (float[2, 3, 4] x) => (float[2, 3, 4] y) { y = Relu(x) }")
+
+
 def test_deduplicate() -> None:
     before = (
         HEADER
