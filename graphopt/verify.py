@@ -44,6 +44,10 @@ class VerifyReport:
     def max_abs(self) -> float:
         return max((o.max_abs for o in self.outputs), default=0.0)
 
+    @property
+    def min_cosine(self) -> float:
+        return min((o.cosine for o in self.outputs), default=1.0)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "passed": self.passed,
