@@ -30,7 +30,8 @@ class FuseForOnnxruntimeSettings(PassSettings):
     require_attention: bool = setting(
         True,
         "keep the fusions only when attention was fused: onnxruntime finds the others itself when it "
-        "loads the graph, and without attention they measured 1.03-1.05x the original's latency",
+        "loads the graph, and kept without attention they measured 1.05-1.11x the original's latency "
+        "(bench/results/optimize_vs_peers.md, graphopt-all-fusions)",
     )
 
     @property
