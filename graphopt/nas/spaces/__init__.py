@@ -1,0 +1,43 @@
+"""Search spaces that emit ONNX graphs: ``get_space(name)`` and the :data:`SPACES` registry.
+
+Each space (a :class:`SearchSpace`) parses and writes its architectures' string form, samples or
+enumerates them, and builds an architecture's ONNX graph deterministically from a seed:
+
+``nb201``  NAS-Bench-201 cells (:mod:`~graphopt.nas.spaces.nb201`), all 15,625 enumerable
+``nb101``  NAS-Bench-101 7-node DAG cells (:mod:`~graphopt.nas.spaces.nb101`)
+``darts``  NAS-Bench-301 / DARTS normal + reduction genotypes (:mod:`~graphopt.nas.spaces.darts`)
+``transnas-micro``, ``transnas-macro``  TransNAS-Bench-101 encoders (:mod:`~graphopt.nas.spaces.transnas`)
+``bert``   BERT-style encoders over layers, heads, hidden and MLP width (:mod:`~graphopt.nas.spaces.bert`)
+
+:func:`trainable_parameter_count` counts a built graph's parameters as the benchmarks publish them
+(BatchNormalization running statistics and constants left out).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from graphopt.errors import UsageError
+from graphopt.nas.spaces._base import SearchSpace
+from graphopt.nas.spaces._build import trainable_parameter_count
+
+__all__ = ["SPACES", "SearchSpace", "get_space", "trainable_parameter_count"]
+
+#: space name -> "module:class" (modules are imported on first use)
+SPACES: dict[str, str] = {
+    "nb201": "graphopt.nas.spaces.nb201:NB201Space",
+    "nb101": "graphopt.nas.spaces.nb101:NB101Space",
+    "darts": "graphopt.nas.spaces.darts:DartsSpace",
+    "transnas-micro": "graphopt.nas.spaces.transnas:TransNASMicroSpace",
+    "transnas-macro": "graphopt.nas.spaces.transnas:TransNASMacroSpace",
+    "bert": "graphopt.nas.spaces.bert:BertSpace",
+}
+
+
+def get_space(name: str, **options: object) -> SearchSpace:
+    """A new instance of the space called ``name`` (``options`` go to its constructor)."""
+    if name not in SPACES:
+        raise UsageError(f"unknown search space {name!r} (choose from {', '.join(SPACES)})")
+    module, _, cls = SPACES[name].partition(":")
+    space: SearchSpace = getattr(importlib.import_module(module), cls)(**options)
+    return space
