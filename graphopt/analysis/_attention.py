@@ -28,10 +28,13 @@ from graphopt.analysis._shapes import static_shape
 __all__ = ["AttentionBlock", "find_attention"]
 
 _MS = "com.microsoft"
+# graphopt.rewrites._markers.INSERTED_BY_KEY, spelled out so that analysis does not import the rewrites package
+INSERTED_BY_KEY = "graphopt.inserted_by"
 _MATMULS = frozenset({"MatMul", f"{_MS}.FusedMatMul", "Einsum"})
 _SCORE_PATH = frozenset({"Add", "Sub", "Mul", "Div", "Where", "Cast", "Identity", "Reshape", "Clip", "Max",
                          "Min", "Tanh", "Squeeze", "Unsqueeze"})
-_PROB_PATH = frozenset({"Where", "Cast", "Identity", "Dropout", "Reshape", "Squeeze", "Unsqueeze"})
+_PROB_PATH = frozenset({"Where", "Cast", "Identity", "Dropout", "Reshape", "Squeeze", "Unsqueeze",
+                        "Mul", "Add", "Clip"})  # Mul/Add/Clip: a clipped softmax
 _PROJ_PATH = frozenset({"Mul", "Div", "Add", "Sub", "Neg", "Transpose", "Reshape", "Split", "Slice",
                         "Squeeze", "Unsqueeze", "Gather", "Cast", "Identity", "Concat", "Expand", "Flatten",
                         "SimplifiedLayerNormalization", "RMSNormalization", "LayerNormalization",
@@ -41,7 +44,13 @@ _OUT_PATH = frozenset({"Transpose", "Reshape", "Cast", "Identity", "Flatten", "S
 
 @dataclasses.dataclass(frozen=True)
 class AttentionBlock:
-    """One attention layer. ``kind`` is ``"unfused"`` or the fused op (``com.microsoft.Attention``)."""
+    """One attention layer. ``kind`` is ``"unfused"`` or the fused op (``com.microsoft.Attention``).
+
+    ``node`` is the Softmax (unfused) or the fused node; ``softmax`` the Softmax node (``None`` when fused);
+    ``mask`` the tensor added to (or selected into, by ``Where``) the scores before the Softmax, or the
+    mask input of a fused op; ``residual`` the ``Add`` that adds the block's output (after the output
+    projection) to its input stream; ``layer_input`` the tensor the Q projection reads (the layer input).
+    """
 
     kind: str
     node: str
@@ -54,6 +63,10 @@ class AttentionBlock:
     o_proj: Projection | None
     qkv_fused: bool
     macs: int | None
+    softmax: str | None = None
+    mask: str | None = None
+    residual: str | None = None
+    layer_input: str | None = None
 
     @property
     def hidden_size(self) -> int | None:
@@ -69,23 +82,29 @@ def _is_activation_matmul(walker: Walker, node: ir.Node) -> bool:
     return sum(1 for v in node.inputs if v is not None and not walker.consts.is_constant(v)) >= 2
 
 
+def _is_layer(walker: Walker, node: ir.Node) -> bool:
+    """A linear layer of the model (not one inserted by a graphopt rewrite, such as an adapter)."""
+    return INSERTED_BY_KEY not in node.metadata_props and walker.consts.projection(node) is not None
+
+
 def _projection_before(walker: Walker, value: ir.Value | None) -> tuple[Projection | None, ir.Node | None]:
     if value is None:
         return None, None
-    node = walker.backward(value, _PROJ_PATH, 12, lambda n: walker.consts.projection(n) is not None)
+    node = walker.backward(value, _PROJ_PATH, 12, lambda n: _is_layer(walker, n))
     return (walker.consts.projection(node), node) if node is not None else (None, None)
 
 
 def _projection_after(walker: Walker, value: ir.Value) -> tuple[Projection | None, ir.Node | None]:
     def accept(node: ir.Node, index: int) -> bool:
-        return index == 0 and walker.consts.projection(node) is not None
+        return index == 0 and _is_layer(walker, node)
 
-    node = walker.forward(value, _OUT_PATH, 6, accept)
+    node = walker.forward(value, _OUT_PATH | {"Mul"}, 9, accept)  # Mul: a head gate
     return (walker.consts.projection(node), node) if node is not None else (None, None)
 
 
-def _reshape_heads(walker: Walker, value: ir.Value) -> tuple[int, int] | None:
-    """``(heads, head_size)`` from a 4-D ``Reshape`` target on the path up from ``value``."""
+def _reshape_heads(walker: Walker, value: ir.Value) -> tuple[int | None, int] | None:
+    """``(heads, head_size)`` from a 4-D ``Reshape`` target on the path up from ``value``; heads is
+    ``None`` when the target leaves it to ``-1``."""
     def accept(node: ir.Node) -> bool:
         return node.op_type == "Reshape" and _reshape_target(node) is not None
 
@@ -93,7 +112,7 @@ def _reshape_heads(walker: Walker, value: ir.Value) -> tuple[int, int] | None:
     return _reshape_target(node) if node is not None else None
 
 
-def _reshape_target(node: ir.Node) -> tuple[int, int] | None:
+def _reshape_target(node: ir.Node) -> tuple[int | None, int] | None:
     shape_value = node.inputs[1] if len(node.inputs) > 1 else None
     if shape_value is None:
         return None
@@ -105,38 +124,50 @@ def _reshape_target(node: ir.Node) -> tuple[int, int] | None:
         for part in shape_value.producer().inputs:  # type: ignore[union-attr]
             part_tensor = ir.convenience.get_const_tensor(part) if part is not None else None
             if part_tensor is None:
-                dims.append(None)
+                part_shape = static_shape(part)
+                dims.extend([None] * (part_shape[0] if part_shape is not None and len(part_shape) == 1 else 1))
             else:
                 dims.extend(int(d) for d in part_tensor.numpy().reshape(-1))
-    if len(dims) != 4 or dims[2] is None or dims[3] is None or dims[2] <= 0 or dims[3] <= 0:
+    if len(dims) != 4 or dims[3] is None or dims[3] <= 0:
         return None
-    return dims[2], dims[3]
+    return (dims[2] if dims[2] is not None and dims[2] > 0 else None), dims[3]
 
 
-def find_attention(graph: ir.Graph, notes: list[str]) -> list[AttentionBlock]:
-    """Unfused attention around each Softmax, and fused attention kernels, in graph order."""
+def find_attention(
+    graph: ir.Graph, notes: list[str], *, located: list[dict[str, ir.Node | None]] | None = None
+) -> list[AttentionBlock]:
+    """Unfused attention around each Softmax, and fused attention kernels, in graph order.
+
+    With ``located``, one dict per block is appended to it with the nodes themselves (for rewrites
+    of graphs whose nodes have no names): ``node`` (the Softmax or fused op), ``q``, ``k``, ``v``
+    and ``o`` (the projections, ``None`` where not found)."""
     walker = Walker(graph)
     blocks = []
     for node in graph:
         key = op_key(node)
+        where: dict[str, ir.Node | None] = {"node": node}
         if key == "Softmax":
-            block = _unfused_attention(walker, node, notes)
+            block = _unfused_attention(walker, node, notes, where)
         elif (node.domain == _MS and node.op_type.endswith("Attention")) or key == "Attention":
-            block = _fused_attention(walker, node, notes)
+            block = _fused_attention(walker, node, notes, where)
         else:
             continue
         if block is not None:
             blocks.append(block)
+            if located is not None:
+                located.append(where)
     return blocks
 
 
-def _unfused_attention(walker: Walker, softmax: ir.Node, notes: list[str]) -> AttentionBlock | None:
+def _unfused_attention(
+    walker: Walker, softmax: ir.Node, notes: list[str], where: dict[str, ir.Node | None]
+) -> AttentionBlock | None:
     name = softmax.name or "?"
     if softmax.inputs[0] is None:
         return None
     scores = walker.backward(softmax.inputs[0], _SCORE_PATH, 6, lambda n: _is_activation_matmul(walker, n))
     context = walker.forward(
-        softmax.outputs[0], _PROB_PATH, 4,
+        softmax.outputs[0], _PROB_PATH, 7,
         lambda n, i: _is_activation_matmul(walker, n) and (i == 0 or op_key(n) == "Einsum"),
     )
     if scores is None and context is None:
@@ -172,7 +203,10 @@ def _unfused_attention(walker: Walker, softmax: ir.Node, notes: list[str]) -> At
     if heads is None or head is None:
         found = _reshape_heads(walker, q_value) if q_value is not None else None
         if found is not None:
-            heads, head = found
+            heads, head = found[0] or heads, found[1]
+        if heads is None and head and q_proj is not None and q_proj.out_features:
+            width = q_proj.out_features // 3 if fused else q_proj.out_features
+            heads = width // head if width % head == 0 else None
     if heads is None or head is None:
         notes.append(f"attention at Softmax {name!r}: number of heads unknown (no 4-D Q shape, Reshape "
                      "constants or projection width to read it from)")
@@ -180,11 +214,67 @@ def _unfused_attention(walker: Walker, softmax: ir.Node, notes: list[str]) -> At
         kv_heads = k_proj.out_features // head
     elif kv_heads is None:
         kv_heads = heads
+    where.update(q=q_node, k=k_node, v=v_node, o=o_node)
     return AttentionBlock(
         kind="unfused", node=name, num_heads=heads, head_size=head, kv_heads=kv_heads,
         q_proj=q_proj, k_proj=k_proj, v_proj=v_proj, o_proj=o_proj, qkv_fused=fused,
         macs=block_macs([scores, context, q_node, k_node, v_node, o_node]),
+        softmax=name, mask=_mask_before(walker, softmax, scores), residual=_residual_after(walker, o_node),
+        layer_input=_input_name(q_node),
     )
+
+
+def _reaches(value: ir.Value | None, target: ir.Node, depth: int = 8) -> bool:
+    """Whether ``target`` produces ``value`` or one of its ancestors within ``depth`` steps."""
+    frontier = [value] if value is not None else []
+    for _ in range(depth):
+        producers = [v.producer() for v in frontier]
+        if any(p is target for p in producers):
+            return True
+        frontier = [v for p in producers if p is not None for v in p.inputs if v is not None]
+    return False
+
+
+def _mask_before(walker: Walker, softmax: ir.Node, scores: ir.Node) -> str | None:
+    """The tensor added to the scores (``Add``) or chosen where the scores are masked out (``Where``)."""
+    value = softmax.inputs[0]
+    for _ in range(8):
+        node = value.producer() if value is not None else None
+        if node is None or node is scores:
+            return None
+        on_path = [v for v in node.inputs if v is not None and _reaches(v, scores)]
+        if not on_path:
+            return None
+        if op_key(node) in ("Add", "Sub"):
+            others = [v for v in node.inputs if v is not None and v is not on_path[0]]
+            if others:
+                return others[0].name
+        if op_key(node) == "Where" and node.inputs[0] is not None and node.inputs[0] not in on_path:
+            return node.inputs[0].name
+        value = on_path[0]
+    return None
+
+
+def _residual_after(walker: Walker, o_node: ir.Node | None) -> str | None:
+    """The first ``Add`` of two computed tensors downstream of the output projection (the skip connection)."""
+    if o_node is None:
+        return None
+    frontier = list(o_node.outputs)
+    for _ in range(4):
+        nxt: list[ir.Value] = []
+        for value in frontier:
+            for node, _index in value.uses():
+                key = op_key(node)
+                if key == "Add" and all(not walker.consts.is_constant(v) for v in node.inputs):
+                    return node.name
+                if key in _OUT_PATH or key in ("Add", "Dropout", f"{_MS}.BiasDropout"):
+                    nxt.extend(node.outputs[:1])
+        frontier = nxt
+    return None
+
+
+def _input_name(node: ir.Node | None) -> str | None:
+    return node.inputs[0].name if node is not None and node.inputs and node.inputs[0] is not None else None
 
 
 def _heads_from_shapes(q: ir.Value | None, k: ir.Value | None) -> tuple[int | None, int | None, int | None]:
@@ -197,7 +287,9 @@ def _heads_from_shapes(q: ir.Value | None, k: ir.Value | None) -> tuple[int | No
     return None, q_shape[-1], None
 
 
-def _fused_attention(walker: Walker, node: ir.Node, notes: list[str]) -> AttentionBlock:
+def _fused_attention(
+    walker: Walker, node: ir.Node, notes: list[str], where: dict[str, ir.Node | None]
+) -> AttentionBlock:
     key, name = op_key(node), node.name or "?"
     attrs = {k: a.value for k, a in node.attributes.items()}
     q_shape = static_shape(node.inputs[0]) if node.inputs else None
@@ -244,8 +336,15 @@ def _fused_attention(walker: Walker, node: ir.Node, notes: list[str]) -> Attenti
     o_proj, o_node = _projection_after(walker, node.outputs[0])
     if heads is None or head is None:
         notes.append(f"{key} {name!r}: number of heads or head size unknown")
+    mask_index = {f"{_MS}.Attention": 3, f"{_MS}.MultiHeadAttention": 4, "Attention": 3}.get(key)
+    mask = node.inputs[mask_index] if mask_index is not None and len(node.inputs) > mask_index else None
+    if key == f"{_MS}.MultiHeadAttention" and mask is None and len(node.inputs) > 5:
+        mask = node.inputs[5]  # attention_bias
+    where.update(q=q_node, k=k_node, v=v_node, o=o_node)
     return AttentionBlock(
         kind=key, node=name, num_heads=heads, head_size=head, kv_heads=kv_heads,
         q_proj=q_proj, k_proj=k_proj, v_proj=v_proj, o_proj=o_proj, qkv_fused=fused,
         macs=block_macs([node, q_node, k_node, v_node, o_node]),
+        mask=mask.name if mask is not None else None, residual=_residual_after(walker, o_node),
+        layer_input=_input_name(q_node) if q_node is not None else _input_name(node),
     )

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from typing import Any
 
 from graphopt.cli._common import add_shape_arg
 
-__all__ = ["format_report", "register", "run"]
+__all__ = ["format_outliers", "format_report", "register", "run"]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -20,6 +21,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("model", metavar="MODEL", help="the .onnx file")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON (and nothing else)")
+    parser.add_argument("--activations", metavar="CALIB.npz",
+                        help="calibration feeds: add per-layer outlier statistics of attention outputs "
+                        "(max |x|, kurtosis)")
     add_shape_arg(
         parser,
         "input shape for the cost estimate (repeatable); dynamic dims otherwise become "
@@ -37,11 +41,34 @@ def run(args: argparse.Namespace) -> int:
     shapes = parse_shape_overrides(args.shape)
     model = load_model(args.model)
     summary = summarize(model, shapes=shapes)
+    outliers = _outliers(model, args.activations) if args.activations else None
     if args.json:
-        emit_json(summary.to_dict())
+        data = summary.to_dict()
+        if outliers is not None:
+            data["outliers"] = {"layers": [dataclasses.asdict(o) for o in outliers[0]], "notes": outliers[1]}
+        emit_json(data)
     else:
         print(format_report(summary, source=str(args.model)))
+        if outliers is not None:
+            print("\n" + format_outliers(*outliers))
     return 0
+
+
+def _outliers(model: Any, path: str) -> tuple[list[Any], list[str]]:
+    from graphopt.analysis._outliers import outlier_statistics
+    from graphopt.feeds import input_specs, load_feeds
+
+    return outlier_statistics(model, load_feeds(path, input_specs(model)))
+
+
+def format_outliers(layers: list[Any], notes: list[str]) -> str:
+    """The outlier table of :func:`graphopt.analysis._outliers.outlier_statistics`."""
+    from graphopt.cli._common import format_table
+
+    rows = [(o.layer, o.tensor, o.max_abs, o.kurtosis, o.tokens) for o in layers]
+    lines = [f"attention output outliers ({len(rows)} layers)",
+             format_table(["#", "tensor", "max |x|", "kurtosis", "tokens"], rows)]
+    return "\n".join(lines + [f"  - {note}" for note in notes])
 
 
 def format_report(summary: Any, *, source: str = "") -> str:
@@ -76,8 +103,10 @@ def format_report(summary: Any, *, source: str = "") -> str:
                 "+" if p is not None else "-" for p in (block.q_proj, block.k_proj, block.v_proj))
             rows.append((i, block.node, block.kind, _opt(block.num_heads), _opt(block.head_size),
                          _opt(block.kv_heads), _opt(block.hidden_size), projections,
-                         "yes" if block.o_proj is not None else "-", _si(block.macs)))
-        headers = ["#", "at", "kind", "heads", "head size", "kv heads", "hidden", "q/k/v", "out proj", "MACs"]
+                         "yes" if block.o_proj is not None else "-", "yes" if block.mask else "-",
+                         "yes" if block.residual else "-", _si(block.macs)))
+        headers = ["#", "at", "kind", "heads", "head size", "kv heads", "hidden", "q/k/v", "out proj", "mask",
+                   "residual", "MACs"]
         lines += ["", f"attention blocks ({len(rows)})", format_table(headers, rows)]
     if summary.mlp_blocks:
         rows = [(i, b.up.node, b.down.node, b.activation, _opt(b.up.in_features), _opt(b.hidden_size),
