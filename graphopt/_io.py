@@ -21,6 +21,7 @@ __all__ = [
     "check_output_path",
     "load_model",
     "model_bytes",
+    "release_external_data",
     "save_model",
     "validate_model",
 ]
@@ -103,6 +104,16 @@ def model_bytes(model: ir.Model) -> int:
     return total
 
 
+def release_external_data(*models: ir.Model) -> None:
+    """Unmap the external-data tensors read so far (each is read again on demand), so that their
+    pages leave the resident set before onnxruntime loads its own copy of the weights."""
+    for model in models:
+        for value in model.graph.initializers.values():
+            if isinstance(value.const_value, ir.ExternalTensor):
+                with contextlib.suppress(BufferError):  # a view of the mapping is still alive
+                    value.const_value.release()
+
+
 def check_output_path(output: str | os.PathLike[str], *inputs: str | os.PathLike[str]) -> Path:
     """Refuse an output that would overwrite an input or land in a missing/unwritable folder."""
     out = Path(output)
@@ -130,12 +141,30 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
     try:
         yield tmp
         # Companion files (external data) first, the model last: a reader never sees a model
-        # whose data is missing.
+        # whose data is missing. The folder is locked meanwhile, so that two writers of the same
+        # path cannot leave one's model beside the other's data.
         produced = sorted(tmp.iterdir(), key=lambda f: f.name == out.name)
-        for item in produced:
-            os.replace(item, out.parent / item.name)
+        with _folder_lock(out.parent):
+            for item in produced:
+                os.replace(item, out.parent / item.name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _folder_lock(folder: Path) -> Iterator[None]:
+    """An exclusive advisory lock on ``folder`` (POSIX ``flock``; a no-op where unavailable)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        yield
+        return
+    fd = os.open(folder if str(folder) else ".", os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def save_model(

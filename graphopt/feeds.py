@@ -193,6 +193,13 @@ def validate_feeds(feeds: Mapping[str, np.ndarray], specs: Sequence[InputSpec], 
 def iter_batches(feeds: Feeds, specs: Sequence[InputSpec], batch_size: int | None = None) -> Iterator[Feeds]:
     """Split feeds (samples on axis 0) into batches; a static batch dim in the model wins."""
     counts = {a.shape[0] if a.ndim else 1 for a in feeds.values()}
+    if not feeds or counts == {0}:  # a model without inputs, or empty inputs: one run
+        yield dict(feeds)
+        return
+    if len(counts) != 1 and batch_size is None and specs and not any(_dynamic_leading(s) for s in specs):
+        # Every input has a fixed leading dim (or is a scalar): the feeds are one run, not samples.
+        yield dict(feeds)
+        return
     if len(counts) != 1:
         raise InputError(f"feeds disagree on the number of samples (axis 0): {sorted(counts)}")
     total = counts.pop()
@@ -202,6 +209,10 @@ def iter_batches(feeds: Feeds, specs: Sequence[InputSpec], batch_size: int | Non
         raise InputError(f"{total} samples cannot be split into the model's fixed batch of {size}")
     for start in range(0, total, size):
         yield {k: v[start : start + size] if v.ndim else v for k, v in feeds.items()}
+
+
+def _dynamic_leading(spec: InputSpec) -> bool:
+    return spec.shape is None or (bool(spec.shape) and not isinstance(spec.shape[0], int))
 
 
 def save_feeds(feeds: Mapping[str, np.ndarray], path: str | os.PathLike[str]) -> Path:

@@ -12,9 +12,9 @@ from typing import Any
 import onnx_ir as ir
 
 from graphopt._io import load_model
-from graphopt.errors import GraphoptError
+from graphopt.errors import GraphoptError, InputError, PassError
 from graphopt.feeds import Feeds
-from graphopt.passes import TimingHook
+from graphopt.passes import TimingHook, run_passes
 from graphopt.recipes import Recipe, apply_recipe
 from graphopt.verify import VerifyReport, verify_models
 
@@ -71,10 +71,23 @@ def optimize_verified(
         active = dataclasses.replace(recipe, steps=tuple(step for _, step in remaining))
         model = signature.clone()
         timing = TimingHook()
-        apply_recipe(model, active, hooks=[timing], progress=progress)
+        try:
+            apply_recipe(model, active, hooks=[timing], progress=progress)
+        except PassError as exc:
+            # A pass that raises is left out like one that breaks the outputs (output-preserving only).
+            if not recipe.output_preserving or len(skipped) >= max_skips:
+                raise
+            index, step = remaining.pop(len(timing.records))
+            logger.warning("leaving out recipe step %d (%s): %s", index + 1, step.pass_name, exc)
+            skipped.append(SkippedStep(index, step.pass_name, str(exc)))
+            if not remaining:
+                return _unchanged(path, signature, feeds, recipe, verify, skipped)
+            continue
         if not verify:
             return OptimizeResult(model, None, None, tuple(skipped), tuple(timing.records))
         report, failure = _check(path, model, feeds, recipe, signature)
+        if failure is not None and not skipped and (recipe.output_preserving or report is None):
+            _check_original(path, feeds, recipe, signature)
         if (report is not None and report.passed) or not recipe.output_preserving or len(skipped) >= max_skips:
             return OptimizeResult(model, report, failure, tuple(skipped), tuple(timing.records))
         culprit = _first_failing_step(path, active, feeds, signature)
@@ -85,9 +98,36 @@ def optimize_verified(
         logger.warning("leaving out recipe step %d (%s): %s", index + 1, step.pass_name, reason)
         skipped.append(SkippedStep(index, step.pass_name, reason))
         if not remaining:
-            model = signature.clone()
-            report, failure = _check(path, model, feeds, recipe, signature)
-            return OptimizeResult(model, report, failure, tuple(skipped), ())
+            return _unchanged(path, signature, feeds, recipe, verify, skipped)
+
+
+def _unchanged(
+    path: str | os.PathLike[str],
+    signature: ir.Model,
+    feeds: Feeds,
+    recipe: Recipe,
+    verify: bool,
+    skipped: list[SkippedStep],
+) -> OptimizeResult:
+    """Every step was left out: the result is the original."""
+    model = signature.clone()
+    if not verify:
+        return OptimizeResult(model, None, None, tuple(skipped), ())
+    report, failure = _check(path, model, feeds, recipe, signature)
+    return OptimizeResult(model, report, failure, tuple(skipped), ())
+
+
+def _check_original(path: str | os.PathLike[str], feeds: Feeds, recipe: Recipe, signature: ir.Model) -> None:
+    """Raise :class:`InputError` when the original cannot be verified against itself: then no
+    step is to blame (onnxruntime rejects it, the feeds do not fit, or random operators)."""
+    report, failure = _check(path, signature.clone(), feeds, recipe, signature)
+    if report is not None and not report.passed:
+        raise InputError(
+            "the original model gives different outputs on two runs (random operators?), so no rewrite "
+            "can be verified; use --no-verify to skip verification"
+        )
+    if failure is not None:
+        raise InputError(f"cannot verify against the original model: {failure}")
 
 
 def _check(
@@ -107,7 +147,10 @@ def _first_failing_step(
 ) -> tuple[int, str] | None:
     model = signature.clone()
     for index, pass_ in enumerate(recipe.build()):
-        pass_(model)
+        try:
+            run_passes(model, [pass_])
+        except PassError as exc:
+            return index, str(exc)
         _, failure = _check(path, model, feeds, recipe, signature)
         if failure is not None:
             return index, failure

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
+from graphopt._io import release_external_data
 from graphopt.errors import InputError, one_line
 from graphopt.feeds import Feeds, input_specs, iter_batches, validate_feeds
 from graphopt.runtime import make_session
@@ -64,6 +65,9 @@ def compare_outputs(
     """Compare output arrays pairwise: max abs/rel error, cosine and the allclose verdict."""
     results = []
     for name, a, b in zip(names, expected, actual, strict=True):
+        if isinstance(a, list) or isinstance(b, list) or a is None or b is None:
+            results.append(_compare_sequences(name, a, b, atol, rtol))
+            continue
         a, b = np.asarray(a), np.asarray(b)
         if a.shape != b.shape:
             results.append(
@@ -93,6 +97,25 @@ def compare_outputs(
         passed = bool(np.all(diff <= atol + rtol * np.abs(np.nan_to_num(a64, posinf=0, neginf=0))))
         results.append(OutputComparison(name, max_abs, max_rel, cosine, passed))
     return results
+
+
+def _compare_sequences(name: str, a: Any, b: Any, atol: float, rtol: float) -> OutputComparison:
+    """Sequence outputs (lists of arrays) element by element; ``None`` is an empty optional."""
+    if a is None or b is None:
+        equal = a is None and b is None
+        return OutputComparison(name, 0.0 if equal else float("inf"), 0.0, 1.0 if equal else 0.0, equal)
+    if not isinstance(a, list) or not isinstance(b, list) or len(a) != len(b):
+        sizes = [len(v) if isinstance(v, list) else "a tensor" for v in (b, a)]
+        return OutputComparison(name, float("inf"), float("inf"), 0.0, False, f"sequence {sizes[0]} != {sizes[1]}")
+    items = compare_outputs(a, b, [f"{name}[{i}]" for i in range(len(a))], atol, rtol)
+    return OutputComparison(
+        name,
+        max((i.max_abs for i in items), default=0.0),
+        max((i.max_rel for i in items), default=0.0),
+        min((i.cosine for i in items), default=1.0),
+        all(i.passed for i in items),
+        "; ".join(i.note for i in items if i.note),
+    )
 
 
 def _merge(per_batch: list[list[OutputComparison]]) -> tuple[OutputComparison, ...]:
@@ -127,9 +150,21 @@ def verify_models(
     Outputs are matched by name, or by position when the names differ but the counts agree.
     ``signature`` (an ``ir.Model``) gives the input specs when ``original`` is a path.
     """
+    release_external_data(*(m for m in (original, candidate, signature) if isinstance(m, ir.Model)))
+    specs_model = signature if signature is not None else original
+    if isinstance(specs_model, ir.Model):
+        specs = input_specs(specs_model)
+        feeds = validate_feeds(feeds, specs)
+    else:
+        specs = []
+    batches = list(iter_batches(feeds, specs, batch_size))
+    # One session at a time, so that a large model's weights are held by the runtime only once.
     sess_a = make_session(original, provider=provider)
-    sess_b = make_session(candidate, provider=provider)
     names_a = [o.name for o in sess_a.get_outputs()]
+    inputs_a = {i.name for i in sess_a.get_inputs()}
+    expected = [_run(sess_a, names_a, batch) for batch in batches]
+    del sess_a
+    sess_b = make_session(candidate, provider=provider)
     names_b = [o.name for o in sess_b.get_outputs()]
     if names_a == names_b or sorted(names_a) == sorted(names_b):
         fetch_b = names_a
@@ -138,20 +173,12 @@ def verify_models(
     else:
         raise InputError(f"the models have different outputs: {names_a} vs {names_b}")
     inputs_b = {i.name for i in sess_b.get_inputs()}
-    inputs_a = {i.name for i in sess_a.get_inputs()}
     if inputs_a != inputs_b:
         raise InputError(f"the models have different inputs: {sorted(inputs_a)} vs {sorted(inputs_b)}")
-    specs_model = signature if signature is not None else original
-    if isinstance(specs_model, ir.Model):
-        specs = input_specs(specs_model)
-        feeds = validate_feeds(feeds, specs)
-    else:
-        specs = []
-    per_batch = []
-    for batch in iter_batches(feeds, specs, batch_size):
-        out_a = _run(sess_a, names_a, batch)
-        out_b = _run(sess_b, fetch_b, batch)
-        per_batch.append(compare_outputs(out_a, out_b, names_a, atol, rtol))
+    per_batch = [
+        compare_outputs(out_a, _run(sess_b, fetch_b, batch), names_a, atol, rtol)
+        for out_a, batch in zip(expected, batches)
+    ]
     return VerifyReport(_merge(per_batch), atol, rtol, len(per_batch))
 
 

@@ -97,6 +97,22 @@ class RemoveDeadCodePass(GraphoptPass[PassSettings]):
         return ir.passes.PassResult(model, modified)
 
 
+class _IdentityEliminationPass(common_passes.IdentityEliminationPass):
+    """onnx_ir's Identity elimination, except where removing ``y = Identity(x)`` with ``y`` a graph
+    output would rename ``x`` while ``x`` is itself a graph output (the graph would list one value
+    twice; onnxruntime's Scan then returns wrong results) or a value of an enclosing graph."""
+
+    def _try_eliminate_identity_node(self, node: ir.Node) -> bool:
+        if node.op_type == "Identity" and node.domain == "" and len(node.inputs) == 1 and len(node.outputs) == 1:
+            x, y = node.inputs[0], node.outputs[0]
+            if x is not None and y.is_graph_output():
+                producer = x.producer()
+                owner = producer.graph if producer is not None else x.graph
+                if x.is_graph_output() or owner is not node.graph:
+                    return False
+        return bool(super()._try_eliminate_identity_node(node))
+
+
 _NO_OP_RULES = (
     rules.add_0_rule,
     rules.sub_0_rule,
@@ -129,7 +145,7 @@ class EliminateNoOpsPass(GraphoptPass[PassSettings]):
             model,
             [
                 rewriter.RewritePass(list(_NO_OP_RULES)),
-                common_passes.IdentityEliminationPass(),
+                _IdentityEliminationPass(),
             ],
         )
         return ir.passes.PassResult(model, modified)
@@ -169,7 +185,7 @@ class SimplifyShapesPass(GraphoptPass[PassSettings]):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         # Rules that cancel out (Transpose pairs, full Slices) leave an Identity; remove it here.
-        modified = _run_all(model, [rewriter.RewritePass(list(_SHAPE_RULES)), common_passes.IdentityEliminationPass()])
+        modified = _run_all(model, [rewriter.RewritePass(list(_SHAPE_RULES)), _IdentityEliminationPass()])
         return ir.passes.PassResult(model, modified)
 
 
