@@ -1,10 +1,41 @@
-"""Performance prediction: ONNX-Net style text encodings of ONNX graphs and structural features.
+"""Performance prediction: ONNX-Net style text encodings of ONNX graphs, features and predictors.
 
 ``encode_graph(model, variant=...)`` writes any ONNX graph as operator chains (grammar in
 :mod:`graphopt.predict.encoding`); ``structural_features(model)`` is a fixed-length vector
-(keys :data:`FEATURE_NAMES`) to sit beside it.
+(keys :data:`FEATURE_NAMES`) to sit beside it. ``train_predictor`` fits an ensemble predictor of
+accuracy or latency on (architecture or ONNX graph, target) pairs (:mod:`~graphopt.predict.dataset`
+for labels and features, :mod:`~graphopt.predict.models` for the regressors,
+:mod:`~graphopt.predict.embed` for MiniLM embeddings of encodings); ``save_predictor`` /
+``load_predictor`` store it in one file.
 """
 
+from graphopt.predict.dataset import FEATURE_GROUPS, FeatureSpec, Featurizer, Labels, load_labels
 from graphopt.predict.encoding import FEATURE_NAMES, OP_VOCABULARY, VARIANTS, encode_graph, structural_features
+from graphopt.predict.models import MODEL_KINDS, RegressionModel, create_model
+from graphopt.predict.persistence import load_predictor, save_predictor
+from graphopt.predict.predictor import Predictor, Scores, train_predictor
+from graphopt.predict.ranking import kendall_tau, pairwise_logistic_loss, spearman
 
-__all__ = ["FEATURE_NAMES", "OP_VOCABULARY", "VARIANTS", "encode_graph", "structural_features"]
+__all__ = [
+    "FEATURE_GROUPS",
+    "FEATURE_NAMES",
+    "MODEL_KINDS",
+    "OP_VOCABULARY",
+    "VARIANTS",
+    "FeatureSpec",
+    "Featurizer",
+    "Labels",
+    "Predictor",
+    "RegressionModel",
+    "Scores",
+    "create_model",
+    "encode_graph",
+    "kendall_tau",
+    "load_labels",
+    "load_predictor",
+    "pairwise_logistic_loss",
+    "save_predictor",
+    "spearman",
+    "structural_features",
+    "train_predictor",
+]

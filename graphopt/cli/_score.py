@@ -1,0 +1,87 @@
+"""``graphopt score``: one score per ONNX model or space architecture, in input order.
+
+Scores come from a trained predictor (``--predictor PRED``). The source of the scores is one
+required, mutually exclusive option group: a training-free metric can join it (``--metric NAME``)
+by adding a branch to :func:`_scorer`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from graphopt.cli._common import emit_json
+
+#: a scorer maps ONNX paths or (space, architecture strings) to (scores, spreads or None)
+Scorer = Callable[..., tuple[list[float], list[float] | None]]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "score",
+        help="score ONNX models or architectures with a predictor",
+        description="Print one score per model (or per architecture of --archs), in input order. "
+        "A predictor trained on a space scores ONNX files zero-shot with its graph-level head.",
+    )
+    parser.add_argument("models", nargs="*", metavar="MODEL.onnx", help="models to score")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--predictor", metavar="PRED", help="predictor file from `graphopt predictor train`")
+    parser.add_argument("--space", metavar="SPACE", help="search space of the --archs file")
+    parser.add_argument("--archs", metavar="FILE", help="architectures of --space, one per line ('#' comments)")
+    parser.add_argument("--json", action="store_true", help="print a JSON list of numbers")
+    parser.add_argument("--std", action="store_true",
+                        help="also give the ensemble spread: 'score std' per line, or JSON objects")
+    parser.add_argument("--cache", metavar="DIR", help="cache graph features and text embeddings in DIR")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from graphopt.errors import InputError, UsageError
+
+    if bool(args.archs) == bool(args.models):
+        raise UsageError("give either MODEL.onnx files or --space SPACE --archs FILE")
+    if args.archs and not args.space:
+        raise UsageError("--archs needs --space")
+    if args.space and not args.archs:
+        raise UsageError("--space goes with --archs FILE (ONNX models need no space)")
+    scorer = _scorer(args)
+    if args.archs:
+        path = Path(args.archs)
+        if not path.is_file():
+            raise InputError(f"{path}: no such file")
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(f"{path}: cannot read ({exc})") from exc
+        archs = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+        if not archs:
+            raise InputError(f"{path}: no architectures")
+        scores, spreads = scorer(space=args.space, archs=archs)
+    else:
+        scores, spreads = scorer(models=args.models)
+    _print(scores, spreads if args.std else None, as_json=args.json)
+    return 0
+
+
+def _scorer(args: argparse.Namespace) -> Scorer:
+    from graphopt.predict import load_predictor
+
+    predictor = load_predictor(args.predictor, cache_dir=args.cache)
+
+    def score(*, models: list[str] | None = None, space: str | None = None,
+              archs: list[str] | None = None) -> tuple[list[float], list[float] | None]:
+        result = predictor.score_models(models) if models else predictor.score_archs(archs or [], space=space)
+        return [float(v) for v in result.mean], [float(v) for v in result.std]
+
+    return score
+
+
+def _print(scores: list[float], spreads: list[float] | None, *, as_json: bool) -> None:
+    if as_json:
+        data: list[Any] = scores if spreads is None else [{"score": s, "std": d} for s, d in zip(scores, spreads)]
+        emit_json(data)
+        return
+    for k, value in enumerate(scores):
+        print(f"{value:.6g}" if spreads is None else f"{value:.6g} {spreads[k]:.6g}")
