@@ -1,0 +1,94 @@
+"""The quantization facade: schemes, metadata, accuracy-aware fallback, text calibration."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from graphopt.errors import InputError, UsageError
+from graphopt.quantize import (
+    QUANTIZATION_KEY,
+    SCHEMES,
+    QuantizeOptions,
+    feeds_from_text,
+    fidelity,
+    quantize,
+    scheme_recipe,
+)
+from tests.rewrites.test_quantize_activations import block_model, feeds
+
+
+def test_fidelity_is_the_worst_mean_cosine() -> None:
+    a = np.array([[1.0, 0.0], [0.0, 1.0]])
+    b = np.array([[1.0, 0.0], [1.0, 1.0]])
+    assert fidelity([a, a], [a, b]) == pytest.approx((1 + 2**-0.5) / 2)
+
+
+def test_schemes_and_recipes() -> None:
+    assert {"w8a8", "w8a8-dynamic", "w4a16"} <= set(SCHEMES)
+    recipe = scheme_recipe("w8a8", QuantizeOptions(smooth_alpha=0.5, calib_path="c.npz"))
+    assert [s.pass_name for s in recipe.steps] == ["smooth-quant", "quantize-activations"]
+    assert recipe.steps[1].settings["calib"] == "c.npz"
+    with pytest.raises(UsageError, match="unknown quantization scheme"):
+        scheme_recipe("w3a3")
+
+
+@pytest.mark.parametrize("scheme", ["w8a8", "w8a8-dynamic"])
+def test_quantize_records_metadata_and_keeps_the_input(scheme: str) -> None:
+    model = block_model()
+    before = len(list(model.graph))
+    result = quantize(model, scheme, feeds())
+    assert len(list(model.graph)) == before
+    record = json.loads(result.model.metadata_props[QUANTIZATION_KEY])
+    assert record["scheme"] == scheme and record["options"]["method"] == "percentile"
+    assert "graphopt.provenance" in result.model.metadata_props
+
+
+def test_fallback_meets_the_target_with_few_sites() -> None:
+    model = block_model()
+    plain = quantize(model, "w8a8", feeds(), method="minmax", target_fidelity=0.5)
+    assert plain.fallback == () and plain.fidelity is not None and plain.trials == 1
+    target = min(0.99999, (1 + plain.fidelity) / 2)  # above what full quantization reaches
+    result = quantize(model, "w8a8", feeds(), method="minmax", target_fidelity=target)
+    assert result.fidelity is not None and result.fidelity >= target
+    # Unnamed nodes are named by their weights; quantizing w2 alone costs more than w1 alone.
+    assert result.sensitivity.keys() == {"w1", "w2"}
+    assert result.fallback == (max(result.sensitivity, key=result.sensitivity.__getitem__),)
+    assert result.trials == 1 + 2 + 1  # full, one per site, one binary-search step
+    step = result.recipe.steps[-1]
+    assert list(step.settings["exclude"]) == list(result.fallback)
+
+
+def test_errors() -> None:
+    with pytest.raises(UsageError, match="calibration"):
+        quantize(block_model(), "w8a8")
+    with pytest.raises(UsageError, match="target fidelity"):
+        quantize(block_model(), "w8a8", feeds(), target_fidelity=1.5)
+    with pytest.raises(UsageError, match="no per-site fallback"):
+        quantize(block_model(), "w4a16", feeds(), target_fidelity=0.9)
+    with pytest.raises(UsageError):
+        quantize(block_model(), "w8a8", feeds(), bogus=1)
+    with pytest.raises(InputError):
+        quantize(block_model(), "w8a8", {"y": np.ones((2, 16), np.float32)})
+
+
+@pytest.mark.slow
+def test_feeds_from_text(tmp_path: Path) -> None:
+    import onnx_ir as ir
+
+    from graphopt.frontend import minilm_dir
+
+    text = """<ir_version: 10, opset_import: ["" : 18]>
+    g (int64[N, S] input_ids, int64[N, S] attention_mask) => (int64[N, S] y) { y = Add(input_ids, attention_mask) }"""
+    model = ir.from_onnx_text(text)
+    path = tmp_path / "calib.txt"
+    path.write_text("The quick brown fox.\n\nJumps over the lazy dog.\n")
+    built = feeds_from_text(model, path, minilm_dir(), sequence=16)
+    assert set(built) == {"input_ids", "attention_mask"} and built["input_ids"].shape == (2, 16)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    with pytest.raises(InputError, match="no text"):
+        feeds_from_text(model, empty, minilm_dir())
