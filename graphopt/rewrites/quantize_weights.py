@@ -1,4 +1,5 @@
-"""Weight-only blocked RTN quantization of MatMul weights, and its lowering to ``MatMulNBits``.
+"""Weight-only blocked quantization of MatMul weights (RTN, GPTQ, AWQ; integer or NF4 grids),
+and its lowering to ``MatMulNBits``.
 
 Two passes, kept apart on purpose (the user's quantization spec vs. what a runtime supports):
 
@@ -7,28 +8,60 @@ Two passes, kept apart on purpose (the user's quantization spec vs. what a runti
 * ``lower-matmulnbits`` (:class:`LowerToMatMulNBitsPass`) turns that reference graph into
   onnxruntime's contrib kernel, ``com.microsoft.MatMulNBits``, with the same outputs.
 
-The numpy core lives in :mod:`graphopt.rewrites._blockwise`.
+The numpy core lives in :mod:`graphopt.rewrites._blockwise` (grids, RTN), ``_gptq``, ``_awq``,
+``_codebooks`` (NF4) and ``_layerstats`` (calibration statistics).
+
+Calibration: passes take settings only, so ``calibration`` is the *path* of an ``.npz`` of
+feeds (keys = graph input names, samples on axis 0, as for every graphopt command). It is read
+when the pass runs, not when it is built; the pass then captures the input activation of every
+MatMul it quantizes with onnxruntime (basic optimisation) and accumulates ``H = XᵀX`` and
+``mean|x|`` per input, batch by batch (at most ``calibration_samples`` samples; padding tokens
+are dropped using the feeds' attention mask). GPTQ and AWQ need it; AdaDim and ``clip_search``
+use it when given (else plain weight error).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import onnx_ir as ir
 
 from graphopt.errors import UsageError
 from graphopt.passes import GraphoptPass, PassSettings, register_pass, setting
-from graphopt.rewrites._blockwise import SUPPORTED_BITS, dequantize_blockwise, quantize_blockwise
+from graphopt.rewrites._awq import awq_search
+from graphopt.rewrites._blockwise import (
+    SUPPORTED_BITS,
+    dequantize_along,
+    dequantize_blockwise,
+    quantize_along,
+    quantize_blockwise,
+)
+from graphopt.rewrites._codebooks import dequantize_nf4, nf4_levels, quantize_nf4
+from graphopt.rewrites._gptq import gptq_quantize, inverse_hessian_factor
+from graphopt.rewrites._layerstats import InputStats, collect_input_stats, layer_error, load_calibration
 
 __all__ = [
     "BLOCKED_DQ_OPSET",
+    "QUANTIZATION_KEY",
+    "Candidates",
     "LowerToMatMulNBitsPass",
     "QuantizeWeightsPass",
     "QuantizeWeightsSettings",
+    "QuantizedWeight",
     "dequantize_blockwise",
+    "emit_weight",
+    "find_weights",
+    "opset_problem",
     "quantize_blockwise",
+    "raise_opset",
+    "record_quantization",
+    "replace_weight",
+    "weight_skip_reason",
 ]
 
 logger = logging.getLogger(__name__)
@@ -49,7 +82,17 @@ _CHANGED_SINCE_18 = {
 }
 _OLDEST_UPGRADABLE = 18  # below 18, Reduce*/Split/Pad/Resize changed too; upgrade with export/ first
 
+QUANTIZATION_KEY = "graphopt.quantization"
+"""``metadata_props`` key: a JSON list, one entry per quantization pass run (scheme, settings, per-weight choices)."""
+
 _INSERTED_BY = "graphopt.inserted_by"
+_METHODS = ("rtn", "gptq", "awq")
+_GROUPINGS = ("output", "input", "adadim")
+_FORMATS = ("int", "nf4")
+_CLIP_RATIOS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75)
+
+Candidates = dict[str, tuple[ir.Value, list[tuple[ir.Node, int]]]]
+"""Weights to quantize by initializer name: the value and its (node, input index) uses."""
 _MS_DOMAIN = "com.microsoft"
 _FLOAT_TYPES = (ir.DataType.FLOAT,)
 
@@ -57,33 +100,92 @@ _FLOAT_TYPES = (ir.DataType.FLOAT,)
 @dataclasses.dataclass(frozen=True)
 class QuantizeWeightsSettings(PassSettings):
     bits: int = setting(4, "bits per weight code (2 and 3 are stored in 4-bit containers)", search=(2, 3, 4, 8))
-    block_size: int = setting(32, "rows of K (MatMul's reduction axis) sharing one scale", search=(32, 64, 128))
+    block_size: int = setting(32, "weights sharing one scale (rows of K, or columns of N with grouping=input)",
+                              search=(32, 64, 128))
     symmetric: bool = setting(True, "signed codes without zero point (else unsigned codes with zero points)")
     min_elements: int = setting(4096, "leave weights with fewer elements in float")
     exclude: tuple[str, ...] = setting((), "leave weights whose initializer name contains any of these strings")
+    method: str = setting("rtn", "rtn: round to nearest; gptq: Hessian error feedback; awq: activation-aware "
+                          "scaling (gptq and awq need calibration)", search=_METHODS)
+    grouping: str = setting("output", "output: scales per output channel and block of K rows; input: per input "
+                            "channel and block of N columns; adadim: per weight, whichever reconstructs better",
+                            search=_GROUPINGS)
+    format: str = setting("int", "int: uniform integer grid; nf4: QLoRA NormalFloat-4 codebook (4 bits)",
+                          search=_FORMATS)
+    calibration: str = setting("", "path of an .npz of calibration feeds (graph input names, samples on axis 0)")
+    calibration_samples: int = setting(128, "use at most this many calibration samples")
+    damp: float = setting(0.01, "GPTQ: Hessian damping, as a fraction of its mean diagonal (0.1 with little "
+                          "calibration data: on MiniLM 16 sentences overfit at 0.01)")
+    clip_search: bool = setting(False, "shrink each block's range where that lowers the (activation-weighted) error")
+    embeddings: bool = setting(False, "also quantize Gather tables [V, D] (RTN, blocks along D, axis=1)")
 
     def __post_init__(self) -> None:
         if isinstance(self.exclude, list):  # recipes (JSON / YAML) give lists
             object.__setattr__(self, "exclude", tuple(self.exclude))
 
     def validate(self) -> None:
+        name = "quantize-weights"
         if self.bits not in SUPPORTED_BITS:
-            raise UsageError(f"quantize-weights: bits must be one of {SUPPORTED_BITS}, not {self.bits}")
+            raise UsageError(f"{name}: bits must be one of {SUPPORTED_BITS}, not {self.bits}")
         if self.block_size < 16 or self.block_size & (self.block_size - 1):
-            raise UsageError(f"quantize-weights: block_size must be a power of two >= 16, not {self.block_size}")
+            raise UsageError(f"{name}: block_size must be a power of two >= 16, not {self.block_size}")
         if self.min_elements < 0:
-            raise UsageError("quantize-weights: min_elements must not be negative")
+            raise UsageError(f"{name}: min_elements must not be negative")
         if isinstance(self.exclude, str) or not all(isinstance(s, str) for s in self.exclude):
-            raise UsageError("quantize-weights: exclude must be a list of strings")
+            raise UsageError(f"{name}: exclude must be a list of strings")
+        for field, value, allowed in (("method", self.method, _METHODS), ("grouping", self.grouping, _GROUPINGS),
+                                      ("format", self.format, _FORMATS)):
+            if value not in allowed:
+                raise UsageError(f"{name}: {field} must be one of {', '.join(allowed)}, not {value!r}")
+        if self.method in ("gptq", "awq") and not self.calibration:
+            raise UsageError(f"{name}: method={self.method} needs calibration=PATH.npz")
+        if self.format == "nf4" and (self.bits != 4 or self.method == "gptq" or self.grouping != "output"):
+            raise UsageError(f"{name}: format=nf4 needs bits=4, method rtn or awq and grouping=output")
+        if self.calibration_samples < 1:
+            raise UsageError(f"{name}: calibration_samples must be at least 1")
+        if not 0 < self.damp < 1:
+            raise UsageError(f"{name}: damp must lie in (0, 1), not {self.damp}")
+
+
+@dataclasses.dataclass
+class QuantizedWeight:
+    """The arrays of one quantized weight: codes ``[K, N]``, ``scale``/``zero_point`` blocked along
+    ``axis`` (or NF4 absmax scales), and the AWQ input scales ``s`` (the input is divided by them)."""
+
+    codes: np.ndarray
+    scale: np.ndarray
+    zero_point: np.ndarray | None
+    bits: int
+    axis: int
+    nf4: bool = False
+    input_scale: np.ndarray | None = None
+    info: dict[str, Any] = dataclasses.field(default_factory=dict)
+    code_type: ir.DataType | None = None  # storage type of the codes when not implied by bits (e.g. FLOAT8E4M3FN)
+
+    def dequantize(self, block_size: int) -> np.ndarray:
+        """The effective weight ``W`` the graph multiplies by (AWQ scales undone)."""
+        if self.nf4:
+            w = dequantize_nf4(self.codes, self.scale, block_size)
+        else:
+            w = dequantize_along(self.codes, self.scale, self.zero_point, block_size, self.axis)
+        return w if self.input_scale is None else (w / self.input_scale[:, None]).astype(np.float32)
 
 
 @register_pass
 class QuantizeWeightsPass(GraphoptPass[QuantizeWeightsSettings]):
-    """Quantize constant MatMul weights blockwise with round-to-nearest (weight-only).
+    """Quantize constant MatMul weights blockwise (weight-only): RTN, GPTQ or AWQ; int or NF4 grids.
 
-    ``MatMul(x, W) -> MatMul(x, DequantizeLinear(Wq, scale, zp, axis=0, block_size=B))`` and
-    likewise ``Gemm(x, W, c, transB=0)``, where ``W [K, N]`` is a float32 initializer, ``Wq`` its
-    codes and ``scale``/``zp`` have shape ``[ceil(K / B), N]`` (see :mod:`graphopt.rewrites._blockwise`).
+    ``MatMul(x, W) -> MatMul(x, DequantizeLinear(Wq, scale, zp, axis=a, block_size=B))`` and
+    likewise ``Gemm(x, W, c, transB=0)``, where ``W [K, N]`` is a float32 initializer and ``Wq``
+    its codes. ``grouping=output`` blocks along K (``a = 0``, scales ``[ceil(K/B), N]``: groups of
+    one output channel's weights); ``grouping=input`` blocks along N (``a = 1``, scales
+    ``[K, ceil(N/B)]``); ``adadim`` picks either per weight by reconstruction error (AdaDim).
+    ``method=gptq`` rounds with Hessian error feedback (:mod:`._gptq`); ``method=awq`` scales
+    input channels first and divides the activation back, ``MatMul(Mul(x, 1/s), DQ(Q(diag(s) W)))``
+    (:mod:`._awq`). ``format=nf4`` stores NF4 codebook indices and absmax scales,
+    ``W = Reshape(Mul(Reshape(Gather(levels, Cast(Wq)), [K/B, B, N]), absmax), [K, N])``.
+    With ``embeddings``, Gather tables ``T [V, D]`` (axis 0) become
+    ``DequantizeLinear(Tq, scale [V, ceil(D/B)], axis=1, block_size=B)`` (RTN).
 
     ``Wq`` is stored as INT4 (symmetric) / UINT4 (asymmetric, with zero points) for ``bits=4``,
     INT8 / UINT8 for ``bits=8``; 2- and 3-bit codes are stored in INT4/UINT4 containers restricted
@@ -96,8 +198,8 @@ class QuantizeWeightsPass(GraphoptPass[QuantizeWeightsSettings]):
     alone and logs why. Weights that are graph inputs, not 2-D, not float32, smaller than
     ``min_elements`` or ``exclude``-d stay in float. A weight that already feeds a
     ``DequantizeLinear`` is never an initializer input of MatMul, so the pass does not match its
-    own output. Inserted nodes are named ``<weight>_dq`` and carry ``graphopt.inserted_by``
-    in their metadata.
+    own output. Inserted nodes are named ``<weight>_dq`` (etc.) and carry ``graphopt.inserted_by``
+    in their metadata; the scheme and per-weight choices are recorded under ``graphopt.quantization``.
     """
 
     name = "quantize-weights"
@@ -106,80 +208,279 @@ class QuantizeWeightsPass(GraphoptPass[QuantizeWeightsSettings]):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
-        candidates: dict[str, tuple[ir.Value, list[tuple[ir.Node, int]]]] = {}
-        for node in graph:
-            index = _weight_input(node)
-            if index is None:
-                continue
-            weight = node.inputs[index]
-            reason = self.skip_reason(weight)
-            if reason is not None:
-                logger.debug("quantize-weights: %s (%s) stays float: %s", node.name, weight and weight.name, reason)
-                continue
-            assert weight is not None and weight.name is not None
-            candidates.setdefault(weight.name, (weight, []))[1].append((node, index))
+        candidates = self.candidates(model)
         if not candidates:
             return ir.passes.PassResult(model, False)
         problem = opset_problem(model)
         if problem is not None:
-            logger.warning("quantize-weights: left the model unchanged: %s", problem)
+            logger.warning("%s: left the model unchanged: %s", self.name, problem)
             return ir.passes.PassResult(model, False)
-        _raise_opset(model)
+        stats = self.input_stats(model, candidates)
+        bits = self.plan_bits(candidates, stats)
+        raise_opset(model)
+        details: dict[str, Any] = {}
         for weight, users in candidates.values():
-            dq_output = self._quantize(graph, weight, users[0][0])
-            for node, index in users:
-                node.replace_input_with(index, dq_output)
-            if not weight.uses() and not weight.is_graph_output():
-                graph.initializers.pop(weight.name)  # type: ignore[arg-type]
-        logger.info("quantize-weights: quantized %d weights", len(candidates))
+            assert weight.const_value is not None and weight.name is not None
+            gather = users[0][0].op_type == "Gather"
+            if gather:
+                codes, scale, zp = quantize_along(
+                    weight.const_value.numpy().T, bits[weight.name], self.settings.block_size,
+                    self.settings.symmetric, 0,
+                )
+                result = QuantizedWeight(codes.T.copy(), scale.T.copy(), None if zp is None else zp.T.copy(),
+                                         bits[weight.name], axis=1, info={"method": "rtn"})
+            else:
+                result = self.quantize(weight.const_value.numpy(), bits[weight.name], _weight_stats(users, stats))
+            details[weight.name] = {"bits": result.bits, "axis": result.axis, **result.info,
+                                    **self.plan_details().get(weight.name, {})}
+            dq_output = emit_weight(graph, weight, users[0][0], result, self.settings.block_size, self.name)
+            if result.input_scale is not None:
+                for node, _ in users:
+                    _divide_input(graph, node, result.input_scale, self.name)
+            replace_weight(graph, weight, users, dq_output)
+        record_quantization(model, self.name, self.settings.to_dict(), details)
+        logger.info("%s: quantized %d weights", self.name, len(candidates))
         return ir.passes.PassResult(model, True)
+
+    def candidates(self, model: ir.Model) -> Candidates:
+        """The weights to quantize, by name, with their (node, input index) uses."""
+        return find_weights(model, self.skip_reason, embeddings=self.settings.embeddings, pass_name=self.name)
 
     def skip_reason(self, weight: ir.Value | None) -> str | None:
         """Why ``weight`` (input B of a MatMul) is not quantized, or ``None`` when it is."""
-        if weight is None or not weight.is_initializer() or weight.const_value is None:
-            return "the weight is not a constant initializer"
-        if weight.is_graph_input():
-            return "the weight is a graph input (can be overridden at run time)"
-        shape = _dims(weight.const_value)
-        if len(shape) != 2:
-            return f"the weight is {len(shape)}-D, not 2-D"
-        if weight.const_value.dtype not in _FLOAT_TYPES:
-            return f"the weight is {weight.const_value.dtype}, not float32"
-        if shape[0] * shape[1] < self.settings.min_elements:
-            return f"the weight has {shape[0] * shape[1]} < min_elements={self.settings.min_elements} elements"
-        if any(part in (weight.name or "") for part in self.settings.exclude):
-            return "the weight is excluded by name"
-        return None
-
-    def _quantize(self, graph: ir.Graph, weight: ir.Value, first_user: ir.Node) -> ir.Value:
         s = self.settings
-        assert weight.const_value is not None
-        w = weight.const_value.numpy()
-        q, scale, zp = quantize_blockwise(w, s.bits, s.block_size, s.symmetric)
-        if s.bits == 8:
-            code_type = ir.DataType.INT8 if s.symmetric else ir.DataType.UINT8
-        else:
-            code_type = ir.DataType.INT4 if s.symmetric else ir.DataType.UINT4
-        base = weight.name
-        inputs = [
-            _add_initializer(graph, f"{base}_q", ir.Tensor(q, dtype=code_type)),
-            _add_initializer(graph, f"{base}_scale", ir.Tensor(scale)),
+        reason = weight_skip_reason(weight, s.min_elements, s.exclude)
+        if reason is None and weight is not None and weight.const_value is not None and s.format == "nf4":
+            k = _dims(weight.const_value)[0]
+            if k % s.block_size and not any(user.op_type == "Gather" for user, _ in weight.uses()):
+                return f"NF4 needs K = {k} to be a multiple of block_size = {s.block_size}"
+        return reason
+
+    def needs_stats(self) -> bool:
+        s = self.settings
+        return bool(s.calibration) and (s.method != "rtn" or s.grouping == "adadim" or s.clip_search)
+
+    def input_stats(self, model: ir.Model, candidates: Candidates) -> dict[str, InputStats]:
+        """Calibration statistics of the MatMul inputs (empty without calibration or when not needed)."""
+        if not self.needs_stats():
+            return {}
+        names = [
+            node.inputs[0].name
+            for _, users in candidates.values()
+            for node, _ in users
+            if node.op_type != "Gather" and node.inputs[0] is not None and node.inputs[0].name
         ]
-        if zp is not None:
-            inputs.append(_add_initializer(graph, f"{base}_zp", ir.Tensor(zp, dtype=code_type)))
-        dq = ir.Node(
-            "",
-            "DequantizeLinear",
-            inputs,
-            attributes=[ir.AttrInt64("axis", 0), ir.AttrInt64("block_size", s.block_size)],
-            name=f"{base}_dq",
-            metadata_props={_INSERTED_BY: self.name},
-        )
-        dq.outputs[0].name = f"{base}_dq"
-        dq.outputs[0].dtype = ir.DataType.FLOAT
-        dq.outputs[0].shape = ir.Shape(w.shape)
-        graph.insert_before(first_user, dq)
-        return dq.outputs[0]
+        feeds = load_calibration(self.settings.calibration, model)
+        logger.info("%s: capturing %d activations for calibration", self.name, len(set(names)))
+        return collect_input_stats(model, feeds, names, max_samples=self.settings.calibration_samples)
+
+    def plan_bits(self, candidates: Candidates, stats: dict[str, InputStats]) -> dict[str, int]:
+        """Bits per weight name; every weight gets ``bits`` here (mixed precision overrides this)."""
+        return dict.fromkeys(candidates, self.settings.bits)
+
+    def plan_details(self) -> dict[str, dict[str, Any]]:
+        """Per-weight facts about the plan, recorded in the metadata (none here)."""
+        return {}
+
+    def quantize(self, w: np.ndarray, bits: int, stats: InputStats | None) -> QuantizedWeight:
+        """Quantize one ``[K, N]`` weight with the configured method, grouping and format."""
+        s = self.settings
+        if s.grouping != "adadim":
+            return self._quantize_axis(w, bits, stats, 0 if s.grouping == "output" else 1)
+        options = [self._quantize_axis(w, bits, stats, axis) for axis in (0, 1)]
+        errors = [_error(w, o.dequantize(s.block_size), stats) for o in options]
+        best = options[int(np.argmin(errors))]
+        best.info["adadim_errors"] = [float(e) for e in errors]
+        return best
+
+    def _quantize_axis(self, w: np.ndarray, bits: int, stats: InputStats | None, axis: int) -> QuantizedWeight:
+        s = self.settings
+        clip = _CLIP_RATIOS if s.clip_search else (1.0,)
+        row_weight = np.diag(stats.second_moment) if stats is not None else None
+
+        def rtn(matrix: np.ndarray) -> QuantizedWeight:
+            if s.format == "nf4":
+                codes, scale = quantize_nf4(matrix, s.block_size)
+                return QuantizedWeight(codes, scale, None, 4, 0, nf4=True)
+            codes, scale, zp = quantize_along(matrix, bits, s.block_size, s.symmetric, axis, clip=clip,
+                                              row_weight=row_weight)
+            return QuantizedWeight(codes, scale, zp, bits, axis)
+
+        if s.method == "rtn" or stats is None:
+            result = rtn(w)
+            result.info["method"] = "rtn"
+            return result
+        if s.method == "gptq":
+            key = f"gptq_factor_{s.damp}"
+            if key not in stats.cache:
+                stats.cache[key] = inverse_hessian_factor(stats.hessian, s.damp)
+            codes, scale, zp = gptq_quantize(w, stats.hessian, bits, s.block_size, s.symmetric, axis=axis,
+                                             damp=s.damp, clip=clip, factor=stats.cache[key])
+            result = QuantizedWeight(codes, scale, zp, bits, axis, info={"method": "gptq"})
+            result.info["error_vs_rtn"] = _ratio(w, result, rtn(w), stats, s.block_size)
+            return result
+        scales, alpha, _ = awq_search(w, stats.hessian, stats.mean_abs, lambda m: rtn(m).dequantize(s.block_size))
+        result = rtn((w * scales[:, None]).astype(np.float32))
+        if alpha > 0:
+            result.input_scale = scales.astype(np.float32)
+        result.info.update(method="awq", alpha=alpha)
+        return result
+
+
+def emit_weight(graph: ir.Graph, weight: ir.Value, first_user: ir.Node, q: QuantizedWeight, block: int,
+                pass_name: str) -> ir.Value:
+    """Insert the nodes that rebuild ``weight`` from ``q`` before ``first_user``; return the float value:
+    ``DequantizeLinear(Wq, scale, zp, axis=q.axis, block_size=block)`` (or the NF4 lookup); a 1-D
+    ``scale`` is per channel (``axis`` only), a 0-D one per tensor."""
+    base = weight.name
+    shape = ir.Shape(q.codes.shape)
+    if q.nf4:
+        return _emit_nf4(graph, base, first_user, q, block, pass_name)
+    if q.code_type is not None:
+        code_type = q.code_type
+    elif q.bits == 8:
+        code_type = ir.DataType.INT8 if q.zero_point is None else ir.DataType.UINT8
+    else:
+        code_type = ir.DataType.INT4 if q.zero_point is None else ir.DataType.UINT4
+    inputs = [
+        _add_initializer(graph, f"{base}_q", ir.Tensor(q.codes, dtype=code_type)),
+        _add_initializer(graph, f"{base}_scale", ir.Tensor(np.ascontiguousarray(q.scale, dtype=np.float32))),
+    ]
+    if q.zero_point is not None:
+        inputs.append(_add_initializer(graph, f"{base}_zp", ir.Tensor(q.zero_point, dtype=code_type)))
+    attributes = []  # a 0-D scale is per tensor, 1-D per channel along q.axis, 2-D blocked
+    if q.scale.ndim >= 1:
+        attributes.append(ir.AttrInt64("axis", q.axis))
+    if q.scale.ndim == 2:
+        attributes.append(ir.AttrInt64("block_size", block))
+    dq = ir.Node("", "DequantizeLinear", inputs, attributes=attributes, name=f"{base}_dq",
+                 metadata_props={_INSERTED_BY: pass_name})
+    return _finish(graph, dq, first_user, f"{base}_dq", shape)
+
+
+def replace_weight(graph: ir.Graph, weight: ir.Value, users: list[tuple[ir.Node, int]], new: ir.Value) -> None:
+    """Point every use of ``weight`` at ``new``; drop the float initializer when nothing else reads it."""
+    for node, index in users:
+        node.replace_input_with(index, new)
+    if not weight.uses() and not weight.is_graph_output() and weight.name in graph.initializers:
+        graph.initializers.pop(weight.name)  # type: ignore[arg-type]
+
+
+def find_weights(
+    model: ir.Model, skip_reason: Callable[[ir.Value | None], str | None], *, embeddings: bool = False,
+    pass_name: str = "",
+) -> Candidates:
+    """Constant ``[K, N]`` weights of MatMul / Gemm(transB=0) (and with ``embeddings`` Gather tables)
+    that ``skip_reason`` accepts, by name, with their (node, input index) uses."""
+    candidates: Candidates = {}
+    for node in model.graph:
+        index = _weight_input(node)
+        if index is None and embeddings:
+            index = _gather_table(node)
+        if index is None:
+            continue
+        weight = node.inputs[index]
+        reason = skip_reason(weight)
+        if reason is None and weight is not None and len({user.op_type == "Gather" for user, _ in weight.uses()}) > 1:
+            reason = "the weight is read by Gather and by other ops (tied embeddings) and stays float for both"
+        if reason is not None:
+            logger.debug("%s: %s (%s) stays float: %s", pass_name, node.name, weight and weight.name, reason)
+            continue
+        assert weight is not None and weight.name is not None
+        candidates.setdefault(weight.name, (weight, []))[1].append((node, index))
+    return candidates
+
+
+def weight_skip_reason(weight: ir.Value | None, min_elements: int, exclude: tuple[str, ...]) -> str | None:
+    """Why ``weight`` cannot or should not be quantized (not a constant 2-D float32 initializer,
+    too small, excluded by name), or ``None``."""
+    if weight is None or not weight.is_initializer() or weight.const_value is None:
+        return "the weight is not a constant initializer"
+    if weight.is_graph_input():
+        return "the weight is a graph input (can be overridden at run time)"
+    shape = _dims(weight.const_value)
+    if len(shape) != 2:
+        return f"the weight is {len(shape)}-D, not 2-D"
+    if weight.const_value.dtype not in _FLOAT_TYPES:
+        return f"the weight is {weight.const_value.dtype}, not float32"
+    if shape[0] * shape[1] < min_elements:
+        return f"the weight has {shape[0] * shape[1]} < min_elements={min_elements} elements"
+    if any(part in (weight.name or "") for part in exclude):
+        return "the weight is excluded by name"
+    return None
+
+
+def record_quantization(model: ir.Model, pass_name: str, settings: dict[str, Any], weights: dict[str, Any]) -> None:
+    """Append ``{"pass", "settings", "weights"}`` to the model's ``graphopt.quantization`` list."""
+    try:
+        records = json.loads(model.metadata_props.get(QUANTIZATION_KEY, "[]"))
+    except json.JSONDecodeError:
+        records = []
+    if not isinstance(records, list):
+        records = []
+    records.append({"pass": pass_name, "settings": settings, "weights": weights})
+    model.metadata_props[QUANTIZATION_KEY] = json.dumps(records, sort_keys=True, default=str)
+
+
+def _weight_stats(users: list[tuple[ir.Node, int]], stats: dict[str, InputStats]) -> InputStats | None:
+    x = users[0][0].inputs[0]
+    return stats.get(x.name) if x is not None and x.name else None
+
+
+def _error(w: np.ndarray, w_hat: np.ndarray, stats: InputStats | None) -> float:
+    if stats is None:
+        return float(np.sum((np.asarray(w, dtype=np.float64) - w_hat) ** 2))
+    return layer_error(w, w_hat, stats.hessian)
+
+
+def _ratio(w: np.ndarray, a: QuantizedWeight, b: QuantizedWeight, stats: InputStats, block: int) -> float:
+    base = _error(w, b.dequantize(block), stats)
+    return _error(w, a.dequantize(block), stats) / base if base > 0 else 1.0
+
+
+def _finish(graph: ir.Graph, node: ir.Node, first_user: ir.Node, name: str, shape: ir.Shape) -> ir.Value:
+    node.outputs[0].name = name
+    node.outputs[0].dtype = ir.DataType.FLOAT
+    node.outputs[0].shape = shape
+    graph.insert_before(first_user, node)
+    return node.outputs[0]
+
+
+def _emit_nf4(graph: ir.Graph, base: str | None, first_user: ir.Node, q: QuantizedWeight, block: int,
+              pass_name: str) -> ir.Value:
+    """``Reshape(Mul(Reshape(Gather(levels, Cast(Wq, INT32)), [K/B, B, N]), absmax[K/B, 1, N]), [K, N])``."""
+    k, n = q.codes.shape
+    meta = {_INSERTED_BY: pass_name}
+    codes = _add_initializer(graph, f"{base}_nf4", ir.Tensor(q.codes, dtype=ir.DataType.UINT4))
+    levels = _add_initializer(graph, f"{base}_nf4_levels", ir.Tensor(np.array(nf4_levels())))
+    scale = _add_initializer(graph, f"{base}_nf4_absmax", ir.Tensor(q.scale.reshape(k // block, 1, n)))
+    blocked = _add_initializer(graph, f"{base}_nf4_blocked", ir.Tensor(np.array([k // block, block, n], np.int64)))
+    flat = _add_initializer(graph, f"{base}_nf4_shape", ir.Tensor(np.array([k, n], np.int64)))
+    cast = ir.Node("", "Cast", [codes], attributes=[ir.AttrInt64("to", ir.DataType.INT32)], name=f"{base}_nf4_idx",
+                   metadata_props=meta)
+    gather = ir.Node("", "Gather", [levels, cast.outputs[0]], name=f"{base}_nf4_lookup", metadata_props=meta)
+    shaped = ir.Node("", "Reshape", [gather.outputs[0], blocked], name=f"{base}_nf4_blocks", metadata_props=meta)
+    scaled = ir.Node("", "Mul", [shaped.outputs[0], scale], name=f"{base}_nf4_scaled", metadata_props=meta)
+    out = ir.Node("", "Reshape", [scaled.outputs[0], flat], name=f"{base}_dq", metadata_props=meta)
+    for node in (cast, gather, shaped, scaled):
+        node.outputs[0].name = node.name
+        graph.insert_before(first_user, node)
+    return _finish(graph, out, first_user, f"{base}_dq", ir.Shape([k, n]))
+
+
+def _divide_input(graph: ir.Graph, node: ir.Node, scales: np.ndarray, pass_name: str) -> None:
+    """``node(x, ...) -> node(Mul(x, 1/s), ...)``: AWQ's activation side."""
+    x = node.inputs[0]
+    if x is None:
+        return
+    base = node.name or x.name or "awq"
+    inverse = _add_initializer(graph, f"{base}_awq_inv_scale", ir.Tensor((1.0 / scales).astype(np.float32)))
+    mul = ir.Node("", "Mul", [x, inverse], name=f"{base}_awq", metadata_props={_INSERTED_BY: pass_name})
+    mul.outputs[0].name = f"{base}_awq"
+    mul.outputs[0].type = x.type
+    mul.outputs[0].shape = x.shape
+    graph.insert_before(node, mul)
+    node.replace_input_with(0, mul.outputs[0])
 
 
 def _weight_input(node: ir.Node) -> int | None:
@@ -190,6 +491,13 @@ def _weight_input(node: ir.Node) -> int | None:
         return 1
     if node.op_type == "Gemm" and len(node.inputs) >= 2 and node.attributes.get_int("transB", 0) == 0:
         return 1
+    return None
+
+
+def _gather_table(node: ir.Node) -> int | None:
+    """0 for ``Gather(table, ids)`` along axis 0 (an embedding lookup), else None."""
+    if node.op_type == "Gather" and node.domain in ("", "ai.onnx") and node.attributes.get_int("axis", 0) == 0:
+        return 0
     return None
 
 
@@ -219,7 +527,7 @@ def opset_problem(model: ir.Model) -> str | None:
     return None
 
 
-def _raise_opset(model: ir.Model) -> None:
+def raise_opset(model: ir.Model) -> None:
     key = "" if "" in model.opset_imports else "ai.onnx"
     if model.opset_imports[key] < BLOCKED_DQ_OPSET:
         logger.info("quantize-weights: raising the default opset %d -> %d", model.opset_imports[key], BLOCKED_DQ_OPSET)

@@ -322,3 +322,176 @@ def test_minilm_4bit_block32(minilm: tuple[Path, dict[str, np.ndarray], np.ndarr
     assert op_types(model).count("MatMulNBits") == 36 and "DequantizeLinear" not in op_types(model)
     lowered = make_session(model).run(None, feeds)[0]
     np.testing.assert_allclose(lowered, y, atol=1e-4 * np.abs(y).max(), rtol=0)
+
+
+# ---------------------------------------------------------------------------- methods, groupings, formats
+
+
+def _calibration(tmp_path: Path, k: int, seed: int = 5, salient: int = 0) -> tuple[str, np.ndarray]:
+    from graphopt.feeds import save_feeds
+
+    rng = np.random.default_rng(seed)
+    mixing = np.eye(k) + rng.standard_normal((k, k)) / np.sqrt(k)
+    x = (rng.standard_normal((64, k)) @ mixing * np.exp(rng.standard_normal(k))).astype(np.float32)
+    x[:, :salient] *= 25.0
+    return str(save_feeds({"x": x}, tmp_path / "calib.npz")), x
+
+
+def _record(model: ir.Model) -> dict:
+    import json
+
+    return json.loads(model.metadata_props[qw.QUANTIZATION_KEY])[-1]
+
+
+def test_input_grouping_blocks_along_n() -> None:
+    model = _matmul_model(40, 64)
+    w = _tensor(model, "w").numpy()
+    qw.QuantizeWeightsPass(bits=4, block_size=32, grouping="input", symmetric=False, min_elements=0)(model)
+    dq = model.graph.node(0)
+    assert dq.attributes.get_int("axis") == 1 and _tensor(model, "w_scale").shape.dims == (40, 2)
+    assert not qw.LowerToMatMulNBitsPass()(model).modified  # MatMulNBits blocks along K only
+    from graphopt.rewrites._blockwise import dequantize_along, quantize_along
+
+    x = np.random.default_rng(1).standard_normal((3, 40)).astype(np.float32)
+    expected = x @ dequantize_along(*quantize_along(w, 4, 32, False, 1), 32, 1)
+    np.testing.assert_allclose(_run(model, x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_adadim_picks_the_grouping_with_less_error() -> None:
+    rng = np.random.default_rng(0)
+    # Rows of very different magnitude: per-row scales (blocks along N) fit far better.
+    w = (rng.standard_normal((64, 64)) * np.exp(2 * rng.standard_normal((64, 1)))).astype(np.float32)
+    values = ", ".join(f"{v:.6g}" for v in w.ravel())
+    model = ir.from_onnx_text(f'<ir_version: 8, opset_import: ["" : 18]>\n g (float[M, 64] x) => (float[M, 64] y) '
+                              f"<float[64, 64] w = {{{values}}}> {{ y = MatMul(x, w) }}")
+    qw.QuantizeWeightsPass(bits=3, grouping="adadim", min_elements=0)(model)
+    info = _record(model)["weights"]["w"]
+    assert info["axis"] == 1 and info["adadim_errors"][1] < info["adadim_errors"][0]
+
+
+def test_nf4_graph_matches_numpy() -> None:
+    from graphopt.rewrites._codebooks import dequantize_nf4, quantize_nf4
+
+    model = _matmul_model(64, 24)
+    w = _tensor(model, "w").numpy()
+    assert qw.QuantizeWeightsPass(format="nf4", min_elements=0)(model).modified
+    assert op_types(model) == ["Cast", "Gather", "Reshape", "Mul", "Reshape", "MatMul"]
+    assert _tensor(model, "w_nf4").dtype == ir.DataType.UINT4
+    x = np.random.default_rng(1).standard_normal((3, 64)).astype(np.float32)
+    np.testing.assert_allclose(_run(model, x), x @ dequantize_nf4(*quantize_nf4(w, 32), 32), rtol=1e-5, atol=1e-5)
+    odd = _matmul_model(100, 8)
+    reason = qw.QuantizeWeightsPass(format="nf4", min_elements=0).skip_reason(odd.graph.node(0).inputs[1])
+    assert reason == "NF4 needs K = 100 to be a multiple of block_size = 32"
+
+
+def test_embedding_tables() -> None:
+    rng = np.random.default_rng(0)
+    table = rng.standard_normal((50, 64)).astype(np.float32)
+    values = ", ".join(f"{v:.6g}" for v in table.ravel())
+    text = (f'<ir_version: 8, opset_import: ["" : 18]>\n g (int64[B, S] ids) => (float[B, S, 64] y) '
+            f"<float[50, 64] t = {{{values}}}> {{ y = Gather(t, ids) }}")
+    plain = ir.from_onnx_text(text)
+    assert not qw.QuantizeWeightsPass(min_elements=0)(plain).modified  # embeddings=False by default
+    model = ir.from_onnx_text(text)
+    assert qw.QuantizeWeightsPass(min_elements=0, embeddings=True, symmetric=False)(model).modified
+    assert op_types(model) == ["DequantizeLinear", "Gather"] and model.graph.node(0).attributes.get_int("axis") == 1
+    from graphopt.rewrites._blockwise import dequantize_along, quantize_along
+
+    ids = rng.integers(0, 50, (2, 7))
+    expected = dequantize_along(*quantize_along(table, 4, 32, False, 1), 32, 1)[ids]
+    y = make_session(model, optimization="basic").run(None, {"ids": ids})[0]
+    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_table_also_read_by_matmul_stays_float() -> None:
+    """Tied embeddings: a [V, D] table read by Gather and used as a MatMul weight is left alone
+    (quantizing it for one reader would store it twice)."""
+    values = ", ".join(["0.25"] * (64 * 64))
+    model = ir.from_onnx_text(f'<ir_version: 8, opset_import: ["" : 18]>\n g (int64[S] ids) => (float[S, 64] y) '
+                              f"<float[64, 64] t = {{{values}}}> {{ e = Gather(t, ids)\n y = MatMul(e, t) }}")
+    pass_ = qw.QuantizeWeightsPass(min_elements=0)
+    assert pass_.candidates(model) == {}
+    assert qw.QuantizeWeightsPass(min_elements=0, embeddings=True).candidates(model) == {}
+
+
+def test_methods_need_calibration() -> None:
+    from graphopt.errors import UsageError
+
+    for bad in ({"method": "gptq"}, {"method": "awq"}, {"method": "best"}, {"grouping": "rows"}, {"format": "fp4"},
+                {"format": "nf4", "bits": 3}, {"format": "nf4", "method": "gptq", "calibration": "c.npz"},
+                {"damp": 0}, {"calibration_samples": 0}):
+        with pytest.raises(UsageError):
+            qw.QuantizeWeightsPass(**bad)
+
+
+def test_gptq_pass_lowers_the_output_error(tmp_path: Path) -> None:
+    path, x = _calibration(tmp_path, 64)
+    rtn, gptq = _matmul_model(64, 48), _matmul_model(64, 48)
+    w = _tensor(rtn, "w").numpy()
+    qw.QuantizeWeightsPass(bits=3, min_elements=0)(rtn)
+    qw.QuantizeWeightsPass(bits=3, min_elements=0, method="gptq", calibration=path)(gptq)
+    error = lambda m: np.linalg.norm(_run(m, x) - x @ w)  # noqa: E731
+    assert error(gptq) < 0.8 * error(rtn)
+    info = _record(gptq)["weights"]["w"]
+    assert info["method"] == "gptq" and info["error_vs_rtn"] < 0.8
+    assert _record(gptq)["settings"]["calibration"] == path
+
+
+def test_awq_pass_divides_the_activation(tmp_path: Path) -> None:
+    path, x = _calibration(tmp_path, 64, salient=4)
+    model = _matmul_model(64, 48)
+    w = _tensor(model, "w").numpy()
+    assert qw.QuantizeWeightsPass(bits=3, min_elements=0, method="awq", calibration=path)(model).modified
+    assert op_types(model) == ["DequantizeLinear", "Mul", "MatMul"]
+    info = _record(model)["weights"]["w"]
+    assert info["method"] == "awq" and info["alpha"] > 0
+    inverse = _tensor(model, next(n for n in model.graph.initializers if n.endswith("_awq_inv_scale"))).numpy()
+    codes, scale = _tensor(model, "w_q").numpy(), _tensor(model, "w_scale").numpy()
+    expected = (x * inverse) @ dequantize_blockwise(codes, scale, None, 32)
+    np.testing.assert_allclose(_run(model, x), expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+    rtn = _matmul_model(64, 48)
+    qw.QuantizeWeightsPass(bits=3, min_elements=0)(rtn)
+    assert np.linalg.norm(_run(model, x) - x @ w) < np.linalg.norm(_run(rtn, x) - x @ w)
+    assert qw.LowerToMatMulNBitsPass()(model).modified  # the MatMul(Mul(x, 1/s), DQ) still lowers
+
+
+@pytest.mark.slow
+def test_minilm_gptq_and_awq_beat_rtn_per_layer(minilm: tuple[Path, dict[str, np.ndarray], np.ndarray]) -> None:
+    """Real all-MiniLM-L6-v2 weights of the first and last layer and real activations captured with
+    onnxruntime: statistics from 64 sentences, the layer error ``||XW - XŴ||²`` measured on 32 others.
+
+    Measured (4-bit, blocks of 32, asymmetric), error relative to RTN on held-out activations:
+    GPTQ 0.19-0.77 with 128 calibration sentences (damp 0.01 or 0.1 alike); with only 16 it
+    overfits at damp 0.01 (up to 1.5x RTN on layer 0's q/k/v/o) but not at 0.1 (0.32-1.08). AWQ
+    0.61-0.99.
+    """
+    from graphopt._io import load_model
+    from graphopt.data import stdlib_sentences, tokenize
+    from graphopt.frontend import minilm_dir
+    from graphopt.rewrites._awq import awq_search
+    from graphopt.rewrites._gptq import gptq_quantize
+    from graphopt.rewrites._layerstats import collect_input_stats, layer_error
+
+    path, held_out_feeds, _ = minilm
+    calibration = tokenize(minilm_dir(), stdlib_sentences(96, seed=0)[32:], sequence=64)  # disjoint from the 32
+    model = load_model(path)
+    matmuls = [n for n in model.graph if n.op_type == "MatMul" and n.inputs[1] is not None
+               and n.inputs[1].const_value is not None]
+    chosen = matmuls[:6] + matmuls[-6:]  # q, k, v, out, up, down of layers 0 and 5
+    names = sorted({n.inputs[0].name for n in chosen})
+    calib = collect_input_stats(model, calibration, names)
+    held = collect_input_stats(model, held_out_feeds, names)
+    fake = lambda m: dequantize_blockwise(*quantize_blockwise(m, 4, 32, False), 32)  # noqa: E731
+    gptq_ratios, awq_ratios = [], []
+    for node in chosen:
+        w = node.inputs[1].const_value.numpy()
+        stats, test_h = calib[node.inputs[0].name], held[node.inputs[0].name].hessian
+        rtn = layer_error(w, fake(w), test_h)
+        gptq = dequantize_blockwise(*gptq_quantize(w, stats.hessian, 4, 32, False, damp=0.1), 32)
+        scales, _, _ = awq_search(w, stats.hessian, stats.mean_abs, fake, grid=10)
+        awq = fake(w * scales[:, None]) / scales[:, None]
+        gptq_ratios.append(layer_error(w, gptq, test_h) / rtn)
+        awq_ratios.append(layer_error(w, awq, test_h) / rtn)
+    logging.getLogger(__name__).info("GPTQ/RTN %s AWQ/RTN %s", np.round(gptq_ratios, 3), np.round(awq_ratios, 3))
+    assert max(gptq_ratios) < 1.0 and np.mean(gptq_ratios) < 0.7
+    assert max(awq_ratios) < 1.02 and np.mean(awq_ratios) < 0.9
