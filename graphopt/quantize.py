@@ -19,6 +19,7 @@ import inspect
 import json
 import logging
 import os
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ __all__ = [
     "Scheme",
     "feeds_from_text",
     "fidelity",
+    "parse_scheme",
     "quantize",
     "register_scheme",
     "scheme_recipe",
@@ -64,6 +66,9 @@ class QuantizeOptions:
     holdout: float = 0.25
     batch_size: int = 8
     calib_path: str = ""
+    weight_method: str = "auto"
+    grouping: str = "output"
+    scheme_args: tuple[str, ...] = ()
 
     def validate(self) -> None:
         if self.target_fidelity is not None and not 0 < self.target_fidelity <= 1:
@@ -72,6 +77,16 @@ class QuantizeOptions:
             raise UsageError(f"smooth alpha must lie in [0, 1], not {self.smooth_alpha}")
         if not 0 < self.holdout < 1:
             raise UsageError(f"holdout must lie in (0, 1), not {self.holdout}")
+        if self.weight_method not in ("auto", "rtn", "gptq", "awq"):
+            raise UsageError(f"weight method must be auto, rtn, gptq or awq, not {self.weight_method!r}")
+        if self.grouping not in ("output", "input", "adadim"):
+            raise UsageError(f"grouping must be output, input or adadim, not {self.grouping!r}")
+
+    def resolved_weight_method(self) -> str:
+        """``auto``: GPTQ when calibration data is at hand, else round-to-nearest."""
+        if self.weight_method == "auto":
+            return "gptq" if self.calib_path else "rtn"
+        return self.weight_method
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,6 +102,7 @@ class Scheme:
     steps: Callable[[QuantizeOptions], list[RecipeStep]]
     needs_calibration: bool = False
     fallback_step: str | None = None
+    arguments: str = ""  # e.g. "B" for ``mixed:B``; empty: the scheme takes none
 
 
 SCHEMES: dict[str, Scheme] = {}
@@ -123,12 +139,75 @@ def _dynamic_steps(o: QuantizeOptions) -> list[RecipeStep]:
     })]
 
 
-def _w4a16_steps(o: QuantizeOptions) -> list[RecipeStep]:
-    return [
-        RecipeStep("fold-constants"),
-        RecipeStep("quantize-weights", {"bits": 4, "block_size": 32, "symmetric": False, "exclude": list(o.exclude)}),
-        RecipeStep("lower-matmulnbits"),
-    ]
+def _weight_only(bits: int, lower: bool) -> Callable[[QuantizeOptions], list[RecipeStep]]:
+    def steps(o: QuantizeOptions) -> list[RecipeStep]:
+        method = o.resolved_weight_method()
+        settings: dict[str, Any] = {"bits": bits, "block_size": 32, "symmetric": False, "method": method,
+                                    "grouping": o.grouping, "embeddings": o.embeddings, "exclude": list(o.exclude)}
+        if method != "rtn" or o.grouping == "adadim":
+            settings["calibration"] = o.calib_path
+        out = [RecipeStep("fold-constants"), RecipeStep("quantize-weights", settings)]
+        return [*out, RecipeStep("lower-matmulnbits")] if lower and o.grouping == "output" else out
+
+    return steps
+
+
+def _nf4_steps(o: QuantizeOptions) -> list[RecipeStep]:
+    method = "awq" if o.resolved_weight_method() == "awq" else "rtn"
+    settings: dict[str, Any] = {"format": "nf4", "block_size": 64, "method": method, "embeddings": o.embeddings,
+                                "exclude": list(o.exclude)}
+    if method == "awq":
+        settings["calibration"] = o.calib_path
+    return [RecipeStep("fold-constants"), RecipeStep("quantize-weights", settings)]
+
+
+def _number(text: str, what: str, kind: type = float) -> Any:
+    try:
+        return kind(text)
+    except ValueError:
+        raise UsageError(f"{what} must be a number, not {text!r}") from None
+
+
+def _mixed_steps(o: QuantizeOptions) -> list[RecipeStep]:
+    budget = _number(o.scheme_args[0], "mixed:B's average bits B")
+    if not 2 <= budget <= 8:
+        raise UsageError(f"mixed:B needs 2 <= B <= 8, not {budget:g}")
+    method = o.resolved_weight_method()
+    settings: dict[str, Any] = {"average_bits": budget, "symmetric": False, "method": method,
+                                "embeddings": o.embeddings, "exclude": list(o.exclude)}
+    if method != "rtn":
+        settings["calibration"] = o.calib_path
+    return [RecipeStep("fold-constants"), RecipeStep("quantize-mixed", settings)]
+
+
+def _ternary_steps(o: QuantizeOptions) -> list[RecipeStep]:
+    scale = o.scheme_args[0] if o.scheme_args else "absmean"
+    if scale not in ("absmean", "median"):
+        raise UsageError(f"ternary takes absmean or median (ternary:median), not {scale!r}")
+    return [RecipeStep("fold-constants"), RecipeStep("quantize-ternary", {"scale": scale,
+                                                                          "exclude": list(o.exclude)})]
+
+
+def _lowrank_steps(o: QuantizeOptions) -> list[RecipeStep]:
+    if len(o.scheme_args) != 2:
+        raise UsageError("lowrank-q takes bits and rank: lowrank-q:B,R (e.g. lowrank-q:3,16)")
+    bits = _number(o.scheme_args[0], "lowrank-q's bits B", int)
+    rank = _number(o.scheme_args[1], "lowrank-q's rank R", int)
+    if bits not in (2, 3, 4, 8) or rank < 1:
+        raise UsageError(f"lowrank-q:B,R needs B in 2, 3, 4, 8 and R >= 1, not {bits},{rank}")
+    settings: dict[str, Any] = {"bits": bits, "rank": rank, "exclude": list(o.exclude)}
+    if o.calib_path:
+        settings["calibration"] = o.calib_path
+    return [RecipeStep("fold-constants"), RecipeStep("quantize-lowrank", settings)]
+
+
+def _float_steps(dtype: str, compute: bool) -> Callable[[QuantizeOptions], list[RecipeStep]]:
+    return lambda o: [RecipeStep("quantize-float", {"dtype": dtype, "compute": compute})]
+
+
+def _fp8_steps(o: QuantizeOptions) -> list[RecipeStep]:
+    return [RecipeStep("fold-constants"), RecipeStep("quantize-fp8", {"embeddings": o.embeddings,
+                                                                      "exclude": list(o.exclude)})]
 
 
 register_scheme(Scheme(
@@ -140,17 +219,46 @@ register_scheme(Scheme(
     _dynamic_steps, fallback_step="quantize-dynamic",
 ))
 register_scheme(Scheme(
-    "w4a16", "4-bit blocked weights (RTN, blocks of 32, asymmetric), lowered to MatMulNBits",
-    _w4a16_steps,
+    "w4a16", "4-bit blocked weights (blocks of 32, asymmetric; GPTQ with calibration, else RTN), "
+    "lowered to MatMulNBits", _weight_only(4, lower=True),
 ))
+register_scheme(Scheme("w3a16", "3-bit blocked weights (GPTQ with calibration, else RTN), reference QDQ",
+                       _weight_only(3, lower=False)))
+register_scheme(Scheme("w2a16", "2-bit blocked weights (GPTQ with calibration, else RTN), reference QDQ",
+                       _weight_only(2, lower=False)))
+register_scheme(Scheme("nf4", "4-bit NormalFloat codebook (QLoRA levels), blocks of 64", _nf4_steps))
+register_scheme(Scheme("mixed", "per-layer bit widths from BAQ's rate-distortion allocation at an average of B "
+                       "bits", _mixed_steps, arguments="B"))
+register_scheme(Scheme("ternary", "BitNet b1.58 ternary weights (absmean scale; ternary:median for the median "
+                       "variant)", _ternary_steps, arguments="[absmean|median]"))
+register_scheme(Scheme("lowrank-q", "LQ-LoRA: B-bit quantized base plus a float rank-R branch", _lowrank_steps,
+                       arguments="B,R"))
+register_scheme(Scheme("fp16", "float16 weights and compute, sensitive ops kept in float32",
+                       _float_steps("float16", True)))
+register_scheme(Scheme("bf16", "bfloat16 weight storage, float32 compute (onnxruntime CPU has no bf16 MatMul)",
+                       _float_steps("bfloat16", False)))
+register_scheme(Scheme("fp8", "float8 E4M3 weights (QDQ, opset 19+)", _fp8_steps))
+
+
+def parse_scheme(text: str) -> tuple[Scheme, tuple[str, ...]]:
+    """``mixed:3`` -> (the ``mixed`` scheme, ("3",)); a scheme without arguments refuses them."""
+    name, _, rest = text.partition(":")
+    found = _scheme(name)
+    args = tuple(a.strip() for a in rest.split(",")) if rest else ()
+    if args and not found.arguments:
+        raise UsageError(f"scheme {name!r} takes no arguments (got {text!r})")
+    if found.arguments and not found.arguments.startswith("[") and not args:
+        raise UsageError(f"scheme {name!r} needs arguments: {name}:{found.arguments}")
+    return found, args
 
 
 def scheme_recipe(scheme: str, options: QuantizeOptions | None = None) -> Recipe:
     """The recipe a :func:`quantize` call runs (before any fallback adds exclusions)."""
     options = options or QuantizeOptions()
-    found = _scheme(scheme)
-    return Recipe(name=f"quantize-{found.name}", steps=tuple(found.steps(options)), atol=1.0, rtol=1.0,
-                  description=found.description)
+    found, args = parse_scheme(scheme)
+    options = dataclasses.replace(options, scheme_args=args)
+    return Recipe(name=f"quantize-{scheme.replace(':', '-').replace(',', '-')}", steps=tuple(found.steps(options)),
+                  atol=1.0, rtol=1.0, description=found.description)
 
 
 def _scheme(name: str) -> Scheme:
@@ -200,7 +308,8 @@ def quantize(
     if isinstance(opts.exclude, list):
         opts = dataclasses.replace(opts, exclude=tuple(opts.exclude))
     opts.validate()
-    found = _scheme(scheme)
+    found, args = parse_scheme(scheme)
+    opts = dataclasses.replace(opts, scheme_args=args)
     feeds: dict[str, np.ndarray] | None = None
     if calib is not None:
         from graphopt.feeds import input_specs, load_feeds, validate_feeds
@@ -213,14 +322,21 @@ def quantize(
     if feeds is None and (found.needs_calibration or opts.target_fidelity is not None):
         raise UsageError(f"scheme {scheme!r}{' with a target fidelity' if not found.needs_calibration else ''} "
                          "needs calibration data (an .npz of feeds)")
-    steps = found.steps(opts)
-    if opts.target_fidelity is None:
-        work = model.clone()
-        _run_steps(work, steps, feeds, progress)
-        result = QuantizeResult(work, scheme, _recipe(found, steps), None, (), {}, 1)
-    else:
-        assert feeds is not None
-        result = _with_fallback(model, found, opts, feeds, progress)
+    with tempfile.TemporaryDirectory(prefix="graphopt-calib-") as scratch:
+        if feeds is not None and not opts.calib_path:  # weight-only passes read calibration from a file
+            from graphopt.feeds import save_feeds
+
+            opts = dataclasses.replace(opts, calib_path=os.fspath(save_feeds(feeds, Path(scratch) / "calib.npz")))
+        steps = found.steps(opts)
+        if opts.target_fidelity is None:
+            work = model.clone()
+            _run_steps(work, steps, feeds, progress)
+            result = QuantizeResult(work, scheme, _recipe(found, steps), None, (), {}, 1)
+        else:
+            assert feeds is not None
+            result = _with_fallback(model, found, opts, feeds, progress)
+        if opts.calib_path.startswith(scratch):
+            opts = dataclasses.replace(opts, calib_path="<in-memory calibration feeds>")
     result.model.metadata_props[QUANTIZATION_KEY] = json.dumps(
         {"scheme": scheme, "options": _jsonable(opts), **{k: v for k, v in result.to_dict().items() if k != "recipe"}},
         sort_keys=True, default=str,

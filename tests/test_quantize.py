@@ -92,3 +92,65 @@ def test_feeds_from_text(tmp_path: Path) -> None:
     empty.write_text("\n\n")
     with pytest.raises(InputError, match="no text"):
         feeds_from_text(model, empty, minilm_dir())
+
+
+_WEIGHT_ONLY = [
+    ("w4a16", "MatMulNBits"),
+    ("w3a16", "DequantizeLinear"),
+    ("w2a16", "DequantizeLinear"),
+    ("nf4", "Gather"),  # codes index the NF4 codebook
+    ("mixed:3", "DequantizeLinear"),
+    ("lowrank-q:3,8", "DequantizeLinear"),
+    ("ternary", "DequantizeLinear"),
+    ("ternary:median", "DequantizeLinear"),
+    ("fp16", "Cast"),
+    ("bf16", "Cast"),
+    ("fp8", "DequantizeLinear"),
+]
+
+
+@pytest.mark.parametrize(("scheme", "marker_op"), _WEIGHT_ONLY)
+def test_weight_only_and_float_schemes_run_in_onnxruntime(scheme: str, marker_op: str) -> None:
+    from graphopt.quantize import _outputs
+
+    model = block_model(k=64, n=128)
+    data = feeds(n=32, k=64)
+    result = quantize(model, scheme, data)
+    ops = {n.op_type for n in result.model.graph}
+    assert marker_op in ops, (scheme, sorted(ops))
+    reference = _outputs(model, data, 8)
+    score = fidelity(reference, _outputs(result.model, data, 8))
+    # Coarse floors: 2-bit and ternary weights are lossy by design; the rest stay close.
+    floor = {"w2a16": 0.5, "ternary": 0.5, "ternary:median": 0.5, "mixed:3": 0.9, "lowrank-q:3,8": 0.9}
+    assert score >= floor.get(scheme, 0.97), (scheme, score)
+    record = json.loads(result.model.metadata_props[QUANTIZATION_KEY])
+    assert record["scheme"] == scheme
+    assert record["options"]["calib_path"] == "<in-memory calibration feeds>"
+
+
+def test_weight_method_auto_uses_gptq_only_with_calibration() -> None:
+    with_data = scheme_recipe("w4a16", QuantizeOptions(calib_path="c.npz"))
+    without = scheme_recipe("w4a16")
+    assert with_data.steps[1].settings["method"] == "gptq" and with_data.steps[1].settings["calibration"] == "c.npz"
+    assert without.steps[1].settings["method"] == "rtn" and "calibration" not in without.steps[1].settings
+    assert [s.pass_name for s in without.steps] == ["fold-constants", "quantize-weights", "lower-matmulnbits"]
+    mixed = scheme_recipe("mixed:2.5")
+    assert mixed.steps[1].pass_name == "quantize-mixed" and mixed.steps[1].settings["average_bits"] == 2.5
+    lowrank = scheme_recipe("lowrank-q:4,16")
+    assert lowrank.steps[1].settings["bits"] == 4 and lowrank.steps[1].settings["rank"] == 16
+
+
+@pytest.mark.parametrize(
+    ("scheme", "message"),
+    [
+        ("mixed", "needs arguments"),
+        ("mixed:x", "must be a number"),
+        ("mixed:12", "2 <= B <= 8"),
+        ("lowrank-q:3", "lowrank-q:B,R"),
+        ("w4a16:3", "takes no arguments"),
+        ("ternary:mean", "absmean or median"),
+    ],
+)
+def test_scheme_argument_errors(scheme: str, message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        scheme_recipe(scheme)

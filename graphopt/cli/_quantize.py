@@ -41,7 +41,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "on held-out calibration samples reaches this; exit 1 if impossible")
     parser.add_argument("--holdout", type=float, default=0.25, help="fraction of samples held out (default 0.25)")
     parser.add_argument("--keep-embeddings", action="store_true",
-                        help="leave Gather tables (embeddings) in float (w8a8, w8a8-dynamic)")
+                        help="leave Gather tables (embeddings) in float")
+    parser.add_argument("--weight-method", choices=("auto", "rtn", "gptq", "awq"), default="auto",
+                        help="weight-only schemes: rounding (auto: gptq with calibration data, else rtn)")
+    parser.add_argument("--grouping", choices=("output", "input", "adadim"), default="output",
+                        help="weight-only schemes: blocks along K (output), along N (input), or per layer by "
+                        "reconstruction error (adadim, needs calibration)")
     parser.add_argument("--exclude", action="append", default=[], metavar="NAME", help="node or weight kept float")
     parser.add_argument("--dry-run", action="store_true", help="print the recipe that would run, and stop")
     parser.add_argument("--save-recipe", metavar="FILE", help="write the recipe that ran (.json or .yaml)")
@@ -51,14 +56,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from graphopt.errors import UsageError
-    from graphopt.quantize import SCHEMES, QuantizeOptions, scheme_recipe
+    from graphopt.quantize import SCHEMES, QuantizeOptions, parse_scheme, scheme_recipe
 
     if args.list_schemes:
         print_table(("scheme", "calibration", "description"),
-                    [(s.name, "yes" if s.needs_calibration else "no", s.description) for s in SCHEMES.values()])
+                    [(f"{s.name}:{s.arguments}" if s.arguments else s.name, "yes" if s.needs_calibration else
+                      "optional", s.description) for s in SCHEMES.values()])
         return 0
-    if args.scheme not in SCHEMES:
-        raise UsageError(f"unknown scheme {args.scheme!r}; available: {', '.join(sorted(SCHEMES))}")
+    parse_scheme(args.scheme)  # unknown scheme or bad arguments: one line, exit 2
     if args.calib and args.calib_text:
         raise UsageError("give either --calib or --calib-text, not both")
     if args.calib_text and not args.tokenizer:
@@ -69,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
         method=args.method, percentile=args.percentile, activation_type=args.activation_type,
         smooth_alpha=args.smooth_alpha, exclude=tuple(args.exclude), target_fidelity=args.target_fidelity,
         holdout=args.holdout, embeddings=not args.keep_embeddings, calib_path=args.calib or args.save_calib or "",
+        weight_method=args.weight_method, grouping=args.grouping,
     )
     options.validate()
     if args.dry_run:
@@ -82,7 +88,7 @@ def _quantize(args: argparse.Namespace, options: Any) -> int:
 
     from graphopt._io import check_output_path, load_model, model_bytes, save_model
     from graphopt.errors import UsageError
-    from graphopt.quantize import SCHEMES, feeds_from_text, quantize
+    from graphopt.quantize import feeds_from_text, parse_scheme, quantize
 
     if not args.model:
         raise UsageError("missing the input MODEL")
@@ -92,7 +98,7 @@ def _quantize(args: argparse.Namespace, options: Any) -> int:
     for extra in (args.save_recipe, args.save_calib):
         if extra:
             check_output_path(extra, args.model)
-    if SCHEMES[args.scheme].needs_calibration and not (args.calib or args.calib_text):
+    if parse_scheme(args.scheme)[0].needs_calibration and not (args.calib or args.calib_text):
         raise UsageError(f"scheme {args.scheme!r} needs calibration data: --calib CALIB.npz or --calib-text FILE")
     model = load_model(args.model)
     calib: Any = None

@@ -179,7 +179,7 @@ def _convert_compute(model: ir.Model, low: ir.DataType, keep: set[str], pass_nam
             if (value.is_initializer() and id(value) not in graph_inputs and value.const_value is not None
                     and readers_low and not value.is_graph_output()):
                 value.const_value = _low_tensor(value.const_value, low, value.name or "")
-                value.dtype = low
+                value.type = ir.TensorType(low)  # a new type: clones share type objects
                 continue
             if id(value) not in to_low:
                 cast = _cast(value, low, fresh(f"{value.name}_to_{low.name.lower()}"), pass_name)
@@ -193,7 +193,7 @@ def _convert_compute(model: ir.Model, low: ir.DataType, keep: set[str], pass_nam
             node.replace_input_with(index, to_low[id(value)])
         for out in node.outputs:
             if out.dtype == float_:
-                out.dtype = low
+                out.type = ir.TensorType(low)  # a new type: clones share type objects
     back: dict[int, ir.Value] = {}
     for node in list(graph):
         if id(node) in low_nodes or node.op_type in _ANY_FLOAT_OPS:

@@ -73,7 +73,7 @@ def test_dry_run_and_list(model_path: Path, tmp_path: Path, capsys: pytest.Captu
     ("extra", "message"),
     [
         ([], "needs calibration data"),
-        (["--scheme", "w9"], "unknown scheme"),
+        (["--scheme", "w9"], "unknown quantization scheme"),
         (["--calib-text", "t.txt"], "--tokenizer"),
         (["--calib", "missing.npz"], "no such file"),
         (["--calib", "CALIB", "--target-fidelity", "2"], "target fidelity"),

@@ -107,3 +107,15 @@ def test_bad_settings() -> None:
                       ("quantize-fp8", {"min_elements": -1})):
         with pytest.raises(UsageError):
             create_pass(name, bad)
+
+
+def test_compute_conversion_leaves_the_model_it_was_cloned_from_alone() -> None:
+    """onnx_ir clones share type objects; setting a value's dtype in place would retype the original."""
+    from graphopt.passes import create_pass
+    from tests.rewrites.test_quantize_activations import block_model
+
+    original = block_model(k=64, n=128)
+    work = original.clone()
+    create_pass("quantize-float", {"dtype": "float16"})(work)
+    assert {v.dtype for n in work.graph for v in n.outputs} >= {ir.DataType.FLOAT16}
+    assert {v.dtype for n in original.graph for v in n.outputs} <= {ir.DataType.FLOAT, None}
