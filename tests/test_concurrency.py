@@ -18,13 +18,16 @@ from tests.test_determinism import write_model
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# Saves the model at argv[1] to argv[2] argv[3] times (external data when argv[4] == "1").
+# Saves the model at argv[1] to argv[2] at least argv[3] times (external data when argv[4] == "1"), and
+# goes on (at most 2000 times) until the file argv[5] exists, so that the reader has time to look.
 _WRITER = """
-import sys
+import os, sys
 from graphopt._io import load_model, save_model
 model = load_model(sys.argv[1])
-for _ in range(int(sys.argv[3])):
+for i in range(2000):
     save_model(model, sys.argv[2], external_data=sys.argv[4] == "1")
+    if i + 1 >= int(sys.argv[3]) and os.path.exists(sys.argv[5]):
+        break
 """
 
 
@@ -38,10 +41,12 @@ def _same(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> bool:
     return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
 
 
-def _writers(sources: list[Path], out: Path, rounds: int, external: bool) -> list[subprocess.Popen[str]]:
+def _writers(
+    sources: list[Path], out: Path, rounds: int, external: bool, stop: Path
+) -> list[subprocess.Popen[str]]:
     return [
         subprocess.Popen(
-            [sys.executable, "-c", _WRITER, str(src), str(out), str(rounds), "1" if external else "0"],
+            [sys.executable, "-c", _WRITER, str(src), str(out), str(rounds), "1" if external else "0", str(stop)],
             cwd=ROOT,
             stderr=subprocess.PIPE,
             text=True,
@@ -57,13 +62,16 @@ def test_two_writers_same_path(tmp_path: Path, external: bool) -> None:
     folder = tmp_path / "out"
     folder.mkdir()
     out = folder / "model.onnx"
-    processes = _writers(sources, out, rounds=20, external=external)
+    stop = tmp_path / "stop"
+    processes = _writers(sources, out, rounds=20, external=external, stop=stop)
     seen = 0
     while any(p.poll() is None for p in processes):
         if out.exists() and not external:
             # A single-file model is replaced by one rename: every read sees a complete file.
             assert any(_same(_weights(out), e) for e in expected)
             seen += 1
+        if seen >= 10 or external:
+            stop.touch()
         time.sleep(0.002)
     for process in processes:
         _, err = process.communicate()
