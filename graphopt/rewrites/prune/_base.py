@@ -1,0 +1,98 @@
+"""Settings and helpers shared by the structured pruning passes."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+import onnx_ir.passes.common as common_passes
+
+from graphopt.errors import UsageError
+from graphopt.passes import GraphoptPass, PassSettings, setting
+from graphopt.rewrites.prune._edit import clear_intermediate_shapes, replace_const_input
+from graphopt.rewrites.prune._importance import METHODS
+
+__all__ = ["PruneSettings", "StructuredPrunePass", "finish", "slice_linear_in", "slice_linear_out", "top_units"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class PruneSettings(PassSettings):
+    fraction: float = setting(0.0, "fraction of units removed from every block (heads, neurons, channels)",
+                              search=(0.0, 0.25, 0.5))
+    importance: str = setting("magnitude", f"how units are scored: {', '.join(METHODS)}", search=METHODS)
+    calibration: str = setting("", "an .npz of model inputs for activation/wanda importance")
+    seed: int = setting(0, "seed of the random importance")
+
+    def validate(self) -> None:
+        if not 0.0 <= self.fraction < 1.0:
+            raise UsageError(f"prune: fraction must be in [0, 1), got {self.fraction}")
+        if self.importance not in METHODS:
+            raise UsageError(f"prune: unknown importance {self.importance!r}; choose from {', '.join(METHODS)}")
+
+
+class StructuredPrunePass(GraphoptPass[Any]):
+    """Base of the structured pruning passes: calibration feeds and the skipped-group report.
+
+    ``feeds`` may be set on an instance to pass calibration arrays directly (the facade does);
+    otherwise they are read from ``settings.calibration``.
+    """
+
+    output_preserving = False
+
+    def __init__(self, **settings: Any) -> None:
+        super().__init__(**settings)
+        self.feeds: Mapping[str, np.ndarray] | None = None
+        self.skipped: list[str] = []
+
+    def load_feeds(self, model: ir.Model) -> Mapping[str, np.ndarray] | None:
+        if self.feeds is not None:
+            return self.feeds
+        path = getattr(self.settings, "calibration", "")
+        if not path:
+            return None
+        from graphopt.feeds import input_specs, load_feeds
+
+        if not Path(path).is_file():
+            raise UsageError(f"{self.name}: calibration file {path!r} not found")
+        return load_feeds(path, input_specs(model))
+
+    def note_skipped(self, lines: list[str]) -> None:
+        for line in lines:
+            logger.warning("%s: skipped %s", self.name, line)
+        self.skipped.extend(lines)
+
+
+def top_units(scores: np.ndarray, keep: int) -> np.ndarray:
+    """Indices of the ``keep`` highest scores, in ascending index order (ties: lower index wins)."""
+    keep = max(1, min(int(keep), len(scores)))
+    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
+    return np.sort(order[:keep])
+
+
+def slice_linear_out(graph: ir.Graph, linear: Any, columns: np.ndarray) -> None:
+    """Keep output features ``columns`` of a linear layer (weight and bias)."""
+    weight = np.take(linear.weight, columns, axis=linear.out_axis)
+    replace_const_input(graph, linear.node, 1, weight, linear.node.inputs[1].name or "weight")
+    if linear.bias is not None:
+        node, index, array = linear.bias
+        flat = array.reshape(-1)[columns].reshape(*array.shape[:-1], len(columns))
+        replace_const_input(graph, node, index, flat, node.inputs[index].name or "bias")
+
+
+def slice_linear_in(graph: ir.Graph, linear: Any, rows: np.ndarray) -> None:
+    """Keep input features ``rows`` of a linear layer."""
+    weight = np.take(linear.weight, rows, axis=1 - linear.out_axis)
+    replace_const_input(graph, linear.node, 1, weight, linear.node.inputs[1].name or "weight")
+
+
+def finish(model: ir.Model) -> None:
+    """Drop what pruning left unused and the value shapes it made stale."""
+    common_passes.RemoveUnusedNodesPass()(model)
+    clear_intermediate_shapes(model.graph)
