@@ -19,7 +19,7 @@ from typing import Any, ClassVar, Generic, Protocol, TypeVar
 import onnx_ir as ir
 
 from graphopt import provenance
-from graphopt.errors import PassError, UsageError
+from graphopt.errors import GraphoptError, PassError, UsageError, one_line
 
 __all__ = [
     "GraphoptPass",
@@ -42,6 +42,16 @@ _BUILTIN_PASS_MODULES = (
     "graphopt.rewrites.fusion",
     "graphopt.rewrites.ort_fusion",
     "graphopt.rewrites.quantize_weights",
+    "graphopt.rewrites.quantize_mixed",
+    "graphopt.rewrites.quantize_ternary",
+    "graphopt.rewrites.quantize_lowrank",
+    "graphopt.rewrites.quantize_float",
+    "graphopt.rewrites.quantize_activations",
+    "graphopt.rewrites.quantize_dynamic",
+    "graphopt.rewrites.smooth_quant",
+    "graphopt.rewrites.prune",
+    "graphopt.rewrites.attention",
+    "graphopt.rewrites.adapters",
 )
 
 
@@ -194,10 +204,12 @@ def run_passes(
             hook.before(pass_, model)
         try:
             result = pass_(model)
-        except (UsageError, PassError):
+        except GraphoptError:
             raise
         except ir.passes.PassError as exc:
-            raise PassError(f"pass {pass_.name!r} failed: {exc}") from exc
+            raise PassError(f"pass {pass_.name!r} failed: {one_line(exc)}") from exc
+        except Exception as exc:  # a bug in a pass or its library (onnxscript's folder raises RuntimeError)
+            raise PassError(f"pass {pass_.name!r} failed: {type(exc).__name__}: {one_line(exc)}") from exc
         for hook in hooks:
             hook.after(pass_, result)
         modified = modified or result.modified

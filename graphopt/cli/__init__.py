@@ -18,7 +18,10 @@ from graphopt.errors import GraphoptError
 
 __all__ = ["main"]
 
-_VERBS = ("inspect", "optimize", "verify", "bench", "encode", "demo")
+_VERBS = (
+    "inspect", "optimize", "quantize", "prune", "rewrite", "finetune", "verify", "bench",
+    "encode", "score", "predictor", "export", "demo",
+)  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,7 +55,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except GraphoptError as exc:
         if args.debug:
             traceback.print_exc()
-        print(f"graphopt {args.verb}: error: {exc}", file=sys.stderr)
+        message = " ".join(str(exc).splitlines())  # names may hold newlines; the error stays one line
+        print(f"graphopt {args.verb}: error: {message}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print(f"graphopt {args.verb}: interrupted", file=sys.stderr)
