@@ -13,13 +13,18 @@ rest. Methods, on the same cells in one run:
 - baselines: one-hot + random forest; published proxies + one-hot + random forest; and each
   published proxy (parameters, FLOPs, jacov, ...) used directly as a score (no training);
 - graphopt: ``gbm`` and ``mlp`` (pairwise ranking loss) and ``mix`` (both pooled) on one-hot +
-  structural graph features of the space's ONNX graph; ``mlp`` on structural features alone (what
-  scores any ONNX file); ``mlp`` on one-hot + structural + MiniLM embeddings of the encoding.
+  structural + live graph features of the space's ONNX graph (:mod:`graphopt.predict.liveness`:
+  live operators and input -> output path statistics), and the same without the live features;
+  ``mlp`` on structural + live features alone (the graph head, what scores any ONNX file); ``mlp``
+  with MiniLM embeddings of the encoding added.
 
-Cross-space: the graph-level head (structural features) trained on the 500 NAS-Bench-101 cells
-scores the NAS-Bench-201 test cells zero-shot, and one trained on 1000 NAS-Bench-201 pool cells
-scores the NAS-Bench-101 cells. Latency: trained on 1000 cells of one HW-NAS-Bench device, then
-few-shot (20 cells) on others. Also: training and scoring times, scoring throughput.
+Cross-space: the graph-level head (structural + live features, and structural alone) trained on
+the 500 NAS-Bench-101 cells scores the NAS-Bench-201 test cells zero-shot, and one trained on 1000
+NAS-Bench-201 pool cells scores the NAS-Bench-101 cells. The NAS-Bench-201 test cells whose output
+ignores the input (``live_nodes == 0``, trivially the worst) are counted, and Spearman is also given
+without them where there are any. Latency: trained on
+1000 cells of one HW-NAS-Bench device, then few-shot (20 cells) on others. Also: training and
+scoring times, scoring throughput.
 
 Run: ``.venv/bin/python bench/predictor_nb201.py [--quick]``; features of built graphs and text
 embeddings are cached under ``--cache`` (building and featurizing the 1,800 + 500 graphs is most of
@@ -51,7 +56,16 @@ import _common
 import numpy as np
 from _common import log
 
-from graphopt.predict import FeatureSpec, Featurizer, create_model, kendall_tau, spearman, train_predictor
+from graphopt.predict import (
+    FEATURE_NAMES,
+    LIVE_FEATURE_NAMES,
+    FeatureSpec,
+    Featurizer,
+    create_model,
+    kendall_tau,
+    spearman,
+    train_predictor,
+)
 
 PROXIES = ("jacov", "nwot", "epe_nas", "params", "synflow", "flops", "l2_norm", "snip", "grad_norm",
            "fisher", "grasp", "plain", "zen")
@@ -91,9 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     matrix = feats.archs(pool)
     log(f"features of {len(pool)} cells in {time.perf_counter() - t0:.1f} s (cached graphs, text embeddings)")
     index = {cell: k for k, cell in enumerate(pool)}
-    width = {"onehot": 30, "structural": matrix.shape[1] - 30 - 384, "text": 384}
-    blocks = {"onehot": matrix[:, :30], "structural": matrix[:, 30:30 + width["structural"]],
-              "text": matrix[:, -384:]}
+    base, live = len(FEATURE_NAMES), len(LIVE_FEATURE_NAMES)
+    blocks = {"onehot": matrix[:, :30], "structural": matrix[:, 30:30 + base],
+              "live": matrix[:, 30 + base:30 + base + live], "text": matrix[:, 30 + base + live:]}
+    assert blocks["text"].shape[1] == 384
     proxies = np.array([[data["proxies"][c][p] for p in PROXIES] for c in pool])
     acc = np.array([data["acc"][c] for c in pool])
     rows_test = np.array([index[c] for c in test])
@@ -119,12 +134,17 @@ def main(argv: list[str] | None = None) -> int:
     methods = {
         "one-hot + forest": ("forest", ["onehot"], False),
         "proxies + one-hot + forest": ("forest", ["onehot"], True),
-        "graphopt gbm: one-hot + structural": ("gbm", ["onehot", "structural"], False),
-        "graphopt mlp: one-hot + structural": ("mlp", ["onehot", "structural"], False),
-        "graphopt mlp: structural only": ("mlp", ["structural"], False),
-        "graphopt mlp: one-hot + structural + text": ("mlp", ["onehot", "structural", "text"], False),
+        "graphopt gbm: one-hot + structural, no live": ("gbm", ["onehot", "structural"], False),
+        "graphopt mlp: one-hot + structural, no live": ("mlp", ["onehot", "structural"], False),
+        "graphopt gbm: one-hot + structural + live": ("gbm", ["onehot", "structural", "live"], False),
+        "graphopt mlp: one-hot + structural + live": ("mlp", ["onehot", "structural", "live"], False),
+        "graphopt mlp: structural + live (graph head)": ("mlp", ["structural", "live"], False),
+        "graphopt mlp: one-hot + structural + live + text": ("mlp", ["onehot", "structural", "live", "text"],
+                                                             False),
     }
-    table: dict[str, dict[str, Any]] = {m: {} for m in [*methods, "graphopt mix: one-hot + structural"]}
+    mixes = {"graphopt mix: one-hot + structural, no live": "one-hot + structural, no live",
+             "graphopt mix: one-hot + structural + live (CLI default)": "one-hot + structural + live"}
+    table: dict[str, dict[str, Any]] = {m: {} for m in [*methods, *mixes]}
     for n in sizes:
         per: dict[str, list[tuple[float, float, float]]] = {m: [] for m in table}
         for seed in range(args.seeds):
@@ -140,11 +160,10 @@ def main(argv: list[str] | None = None) -> int:
                 members[name] = table_rows
                 pred = table_rows.mean(axis=0)
                 per[name].append((kendall_tau(pred, acc[rows_test]), spearman(pred, acc[rows_test]), fit_s))
-            mix = np.concatenate([members["graphopt gbm: one-hot + structural"],
-                                  members["graphopt mlp: one-hot + structural"]]).mean(axis=0)
-            fit_mix = sum(per[f"graphopt {k}: one-hot + structural"][-1][2] for k in ("gbm", "mlp"))
-            per["graphopt mix: one-hot + structural"].append(
-                (kendall_tau(mix, acc[rows_test]), spearman(mix, acc[rows_test]), fit_mix))
+            for mix_name, features in mixes.items():
+                mix = np.concatenate([members[f"graphopt {k}: {features}"] for k in ("gbm", "mlp")]).mean(axis=0)
+                fit_mix = sum(per[f"graphopt {k}: {features}"][-1][2] for k in ("gbm", "mlp"))
+                per[mix_name].append((kendall_tau(mix, acc[rows_test]), spearman(mix, acc[rows_test]), fit_mix))
             log(f"n={n} seed={seed}: " + "; ".join(f"{m} {v[-1][0]:.3f}" for m, v in per.items()))
         for name, values in per.items():
             arr = np.array(values)
@@ -207,30 +226,32 @@ def cross_space(args: argparse.Namespace, data: dict[str, Any], pool: list[str],
     X101 = Featurizer(FeatureSpec(("structural",), "nb101"), cache_dir=args.cache).archs(archs101)
     rows_test = np.array([index[c] for c in test])
     rows_train = np.array([index[c] for c in rest[:1000]])
+    S201 = np.concatenate([blocks["structural"], blocks["live"]], axis=1)
+    live_test = blocks["live"][rows_test, LIVE_FEATURE_NAMES.index("live_nodes")] > 0
+    base = len(FEATURE_NAMES)
     out: dict[str, Any] = {}
-    for kind in ("mlp", "gbm", "ridge"):
-        model = create_model(kind, seed=0).fit(X101, y101)
-        pred = model.predict(blocks["structural"][rows_test])[0]
-        out[f"nb101->nb201 {kind}"] = {"train": len(y101), "test": len(rows_test),
-                                       "kendall_tau": kendall_tau(pred, acc[rows_test]),
-                                       "spearman": spearman(pred, acc[rows_test])}
-        model = create_model(kind, seed=0).fit(blocks["structural"][rows_train], acc[rows_train])
-        pred = model.predict(X101)[0]
-        out[f"nb201->nb101 {kind}"] = {"train": len(rows_train), "test": len(y101),
-                                       "kendall_tau": kendall_tau(pred, y101), "spearman": spearman(pred, y101)}
-    # Transductive: each space's features replaced by their ranks among that space's cells (the
-    # unlabelled target cells' features are used, never their labels).
-    r101, r201, r201_train = _ranks(X101), _ranks(blocks["structural"][rows_test]), _ranks(
-        blocks["structural"][rows_train])
-    for kind in ("ridge", "gbm", "mlp"):
-        pred = create_model(kind, seed=0).fit(r101, y101).predict(r201)[0]
-        out[f"nb101->nb201 {kind}, per-space rank features"] = {
-            "train": len(y101), "test": len(rows_test), "kendall_tau": kendall_tau(pred, acc[rows_test]),
-            "spearman": spearman(pred, acc[rows_test])}
-        pred = create_model(kind, seed=0).fit(r201_train, acc[rows_train]).predict(r101)[0]
-        out[f"nb201->nb101 {kind}, per-space rank features"] = {
-            "train": len(rows_train), "test": len(y101), "kendall_tau": kendall_tau(pred, y101),
-            "spearman": spearman(pred, y101)}
+
+    def record(name: str, train: int, pred: np.ndarray, y: np.ndarray, live: np.ndarray | None = None) -> None:
+        out[name] = {"train": train, "test": len(y), "kendall_tau": kendall_tau(pred, y), "spearman": spearman(pred, y)}
+        if live is not None:
+            out[name]["test_dead"] = int((~live).sum())  # cells whose output ignores the input
+            if not live.all():
+                out[name]["spearman_live"] = spearman(pred[live], y[live])
+
+    variants = {"structural + live": (X101, S201), "structural only (before)": (X101[:, :base], S201[:, :base]),
+                "structural + live, per-space rank features": (_ranks(X101), None)}
+    for label, (train101, features201) in variants.items():
+        for kind in ("mlp", "mix", "gbm", "ridge"):
+            if "rank" in label and kind == "mix":
+                continue
+            if features201 is None:  # ranks among the cells of each set: unlabelled target features are used
+                test201, train201, test101 = _ranks(S201[rows_test]), _ranks(S201[rows_train]), train101
+            else:
+                test201, train201, test101 = features201[rows_test], features201[rows_train], train101
+            pred = create_model(kind, seed=0).fit(train101, y101).predict(test201)[0]
+            record(f"nb101->nb201 {kind}, {label}", len(y101), pred, acc[rows_test], live_test)
+            pred = create_model(kind, seed=0).fit(train201, acc[rows_train]).predict(test101)[0]
+            record(f"nb201->nb101 {kind}, {label}", len(rows_train), pred, y101)
     for proxy in ("params", "flops"):
         out[f"nb101 {proxy} (no training)"] = {"test": len(y101),
                                                "kendall_tau": kendall_tau([nb101[a][proxy] for a in archs101], y101),
@@ -248,7 +269,7 @@ def _ranks(X: np.ndarray) -> np.ndarray:
 
 def latency(data: dict[str, Any], pool: list[str], test: list[str], rest: list[str],
             blocks: dict[str, np.ndarray], index: dict[str, int]) -> dict[str, Any]:
-    X = np.concatenate([blocks["onehot"], blocks["structural"]], axis=1)
+    X = np.concatenate([blocks["onehot"], blocks["structural"], blocks["live"]], axis=1)
     rows_test = np.array([index[c] for c in test])
     source = "edgegpu_latency"
     out: dict[str, Any] = {}
@@ -346,14 +367,16 @@ def markdown(r: dict[str, Any]) -> str:
               "| proxy | Kendall tau | Spearman |", "|---|---|---|"]
     for name, v in sorted(r["zero_training"].items(), key=lambda kv: -abs(kv[1]["kendall_tau"])):
         lines.append(f"| {name} | {_fmt(v['kendall_tau'])} | {_fmt(v['spearman'])} |")
-    lines += ["", "Cross-space, zero-shot (graph-level head on structural features; 'per-space rank features': "
-              "each feature replaced by its rank among the cells of its own space, which uses the unlabelled "
-              "target cells' features):", "",
-              "| direction / model | train | test | Kendall tau | Spearman |", "|---|---|---|---|---|"]
+    dead = next((v["test_dead"] for v in r["cross_space"].values() if "test_dead" in v), None)
+    lines += ["", "Cross-space, zero-shot (graph-level head; 'per-space rank features': each feature replaced by "
+              "its rank among the cells of its own set, which uses the unlabelled target cells' features). "
+              f"NAS-Bench-201 test cells whose output ignores the input (no live nodes): {dead}.", "",
+              "| direction / model, features | train | test | Kendall tau | Spearman | Spearman without them |",
+              "|---|---|---|---|---|---|"]
     for name, v in r["cross_space"].items():
         lines.append(f"| {name} | {v.get('train', '-')} | {v['test']} | {_fmt(v['kendall_tau'])} | "
-                     f"{_fmt(v['spearman'])} |")
-    lines += ["", "Latency (HW-NAS-Bench): gbm on one-hot + structural, trained on 1000 cells of edgegpu, "
+                     f"{_fmt(v['spearman'])} | {_fmt(v['spearman_live']) if 'spearman_live' in v else ''} |")
+    lines += ["", "Latency (HW-NAS-Bench): gbm on one-hot + structural + live, trained on 1000 cells of edgegpu, "
               "then 20 cells of each other device (Kendall tau on the test cells, 5 draws):", ""]
     lat = r["latency"]
     heads = [k for k in next(v for k, v in lat.items() if k != "edgegpu_latency")]
@@ -365,7 +388,7 @@ def markdown(r: dict[str, Any]) -> str:
             lines.append(f"| {dev} | " + " | ".join(_fmt(v[h]) for h in heads) + " |")
     lines += ["", "Throughput and training time (2 shared CPU cores):", ""]
     lines += [f"- {k}: {v}" for k, v in r["throughput"].items()]
-    lines += ["", f"Whole run: {r['wall_s']} s (first run, graph features not cached yet)."]
+    lines += ["", f"Whole run: {r['wall_s']} s (graph features and embeddings read from the cache where present)."]
     for section, seconds in r.get("reruns", {}).items():
         lines.append(f"Section {section} recomputed afterwards with `--only {section}` ({seconds} s).")
     return "\n".join(lines) + "\n"

@@ -2,15 +2,17 @@
 
 ``encode_graph(model, variant=...)`` writes any ONNX graph as operator chains (grammar in
 :mod:`graphopt.predict.encoding`); ``structural_features(model)`` is a fixed-length vector
-(keys :data:`FEATURE_NAMES`) to sit beside it. ``train_predictor`` fits an ensemble predictor of
-accuracy or latency on (architecture or ONNX graph, target) pairs (:mod:`~graphopt.predict.dataset`
-for labels and features, :mod:`~graphopt.predict.models` for the regressors,
-:mod:`~graphopt.predict.embed` for MiniLM embeddings of encodings); ``save_predictor`` /
-``load_predictor`` store it in one file.
+(keys :data:`FEATURE_NAMES`) to sit beside it, and ``live_features(model)`` (keys
+:data:`LIVE_FEATURE_NAMES`) describes the computation that really reaches the output.
+``train_predictor`` fits an ensemble predictor of accuracy or latency on (architecture or ONNX
+graph, target) pairs (:mod:`~graphopt.predict.dataset` for labels and features,
+:mod:`~graphopt.predict.models` for the regressors, :mod:`~graphopt.predict.embed` for MiniLM
+embeddings of encodings); ``save_predictor`` / ``load_predictor`` store it in one file.
 """
 
 from graphopt.predict.dataset import FEATURE_GROUPS, FeatureSpec, Featurizer, Labels, load_labels
 from graphopt.predict.encoding import FEATURE_NAMES, OP_VOCABULARY, VARIANTS, encode_graph, structural_features
+from graphopt.predict.liveness import LIVE_FEATURE_NAMES, live_features
 from graphopt.predict.models import MODEL_KINDS, RegressionModel, create_model
 from graphopt.predict.persistence import load_predictor, save_predictor
 from graphopt.predict.predictor import Predictor, Scores, train_predictor
@@ -19,6 +21,7 @@ from graphopt.predict.ranking import kendall_tau, pairwise_logistic_loss, spearm
 __all__ = [
     "FEATURE_GROUPS",
     "FEATURE_NAMES",
+    "LIVE_FEATURE_NAMES",
     "MODEL_KINDS",
     "OP_VOCABULARY",
     "VARIANTS",
@@ -31,6 +34,7 @@ __all__ = [
     "create_model",
     "encode_graph",
     "kendall_tau",
+    "live_features",
     "load_labels",
     "load_predictor",
     "pairwise_logistic_loss",

@@ -6,7 +6,8 @@ paths are taken from the CSV's folder). ``Featurizer(spec)`` turns architectures
 into one feature matrix, the groups of :data:`FEATURE_GROUPS` side by side:
 
 ``onehot``      the space's :meth:`~graphopt.nas.spaces.SearchSpace.one_hot` (architectures only)
-``structural``  :func:`graphopt.predict.structural_features` of the graph, as ``sign(x) log1p(|x|)``
+``structural``  :func:`graphopt.predict.structural_features` of the graph and (``spec.live``, the
+                default) :func:`graphopt.predict.liveness.live_features`, as ``sign(x) log1p(|x|)``
 ``text``        :class:`graphopt.predict.embed.TextEmbedder` vectors of the graph's encoding
 
 Graph-derived groups of an architecture come from the space's ONNX graph (seed 0) and are cached
@@ -107,6 +108,7 @@ class FeatureSpec:
     space: str | None = None
     variant: str = "full"
     pooling: str = "lines"
+    live: bool = True
 
     def __post_init__(self) -> None:
         unknown = [g for g in self.groups if g not in FEATURE_GROUPS]
@@ -126,11 +128,14 @@ class FeatureSpec:
         return dataclasses.replace(self, groups=groups) if groups else None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"groups": list(self.groups), "space": self.space, "variant": self.variant, "pooling": self.pooling}
+        return {"groups": list(self.groups), "space": self.space, "variant": self.variant, "pooling": self.pooling,
+                "live": self.live}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FeatureSpec:
-        return cls(tuple(data["groups"]), data.get("space"), data.get("variant", "full"), data.get("pooling", "lines"))
+        """The spec of :meth:`to_dict`; files written before live features existed read ``live=False``."""
+        return cls(tuple(data["groups"]), data.get("space"), data.get("variant", "full"), data.get("pooling", "lines"),
+                   bool(data.get("live", False)))
 
 
 class Featurizer:
@@ -140,7 +145,7 @@ class Featurizer:
         self.spec = spec
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self._space_obj: Any = _space(spec.space) if spec.space else None
-        self._graphs: dict[str, tuple[np.ndarray, str]] = {}
+        self._graphs: dict[str, _GraphInfo] = {}
         self._embedder: Any = None
 
     def archs(self, archs: Sequence[Hashable | str]) -> np.ndarray:
@@ -172,13 +177,14 @@ class Featurizer:
 
     # -- graph-derived groups --------------------------------------------------------------------
 
-    def _graph_blocks(self, infos: Sequence[tuple[np.ndarray, str]]) -> list[np.ndarray]:
+    def _graph_blocks(self, infos: Sequence[_GraphInfo]) -> list[np.ndarray]:
         blocks = []
         if "structural" in self.spec.groups:
-            raw = np.stack([info[0] for info in infos])
+            raw = np.stack([np.concatenate([i.features, i.live]) if self.spec.live and i.live is not None
+                            else i.features for i in infos])
             blocks.append(np.sign(raw) * np.log1p(np.abs(raw)))
         if "text" in self.spec.groups:
-            blocks.append(self._embed([info[1] for info in infos]).astype(np.float64))
+            blocks.append(self._embed([info.text for info in infos]).astype(np.float64))
         return blocks
 
     def _embed(self, texts: list[str]) -> np.ndarray:
@@ -189,22 +195,26 @@ class Featurizer:
             self._embedder = TextEmbedder(pooling=self.spec.pooling, cache_dir=cache)
         return np.asarray(self._embedder.embed(texts))
 
-    def _graph_info(self, model: ir.Model) -> tuple[np.ndarray, str]:
+    def _graph_info(self, model: ir.Model) -> _GraphInfo:
         from graphopt.predict.encoding import encode_graph, structural_features
 
         features = np.array(list(structural_features(model).values()), np.float64)
         text = encode_graph(model, variant=self.spec.variant) if "text" in self.spec.groups else ""
-        return features, text
+        return _GraphInfo(features, text, _live(model) if self.spec.live else None)
 
-    def _arch_graph(self, key: str, arch: Hashable) -> tuple[np.ndarray, str]:
+    def _arch_graph(self, key: str, arch: Hashable) -> _GraphInfo:
         if key in self._graphs:
             return self._graphs[key]
         path = self._cache_path(key)
         info = _read_cached(path) if path is not None else None
-        if info is None or ("text" in self.spec.groups and not info[1]):
+        if info is None or ("text" in self.spec.groups and not info.text):
             info = self._graph_info(self._space_obj.build(arch))
-            if path is not None:
-                _write_cached(path, info)
+        elif self.spec.live and (info.live is None or len(info.live) != _live_width()):  # cached before: add them
+            info = dataclasses.replace(info, live=_live(self._space_obj.build(arch)))
+        else:
+            path = None  # nothing new to cache
+        if path is not None:
+            _write_cached(path, info)
         self._graphs[key] = info
         return info
 
@@ -215,26 +225,50 @@ class Featurizer:
         return self.cache_dir / "graphs" / f"{digest}.json"
 
 
+@dataclasses.dataclass(frozen=True)
+class _GraphInfo:
+    features: np.ndarray
+    text: str
+    live: np.ndarray | None = None
+
+
+def _live_width() -> int:
+    from graphopt.predict.liveness import LIVE_FEATURE_NAMES
+
+    return len(LIVE_FEATURE_NAMES)
+
+
+def _live(model: ir.Model) -> np.ndarray:
+    from graphopt.predict.liveness import live_features
+
+    return np.array(list(live_features(model).values()), np.float64)
+
+
 def _space(name: str | None) -> Any:
     from graphopt.nas.spaces import get_space
 
     return get_space(str(name))
 
 
-def _read_cached(path: Path) -> tuple[np.ndarray, str] | None:
+def _read_cached(path: Path) -> _GraphInfo | None:
     try:
         data = json.loads(path.read_text())
-        return np.asarray(data["features"], np.float64), str(data["text"])
+        live = data.get("live")
+        return _GraphInfo(np.asarray(data["features"], np.float64), str(data["text"]),
+                          None if live is None else np.asarray(live, np.float64))
     except (OSError, ValueError, KeyError):
         return None
 
 
-def _write_cached(path: Path, info: tuple[np.ndarray, str]) -> None:
+def _write_cached(path: Path, info: _GraphInfo) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    record: dict[str, Any] = {"features": info.features.tolist(), "text": info.text}
+    if info.live is not None:
+        record["live"] = info.live.tolist()
     try:
         with os.fdopen(fd, "w") as handle:
-            json.dump({"features": info[0].tolist(), "text": info[1]}, handle)
+            json.dump(record, handle)
         os.replace(tmp, path)
     except OSError:
         Path(tmp).unlink(missing_ok=True)

@@ -4,7 +4,7 @@ Every model maps a feature matrix to ``(mean, std)`` in the target's units, ``st
 spread over ensemble members:
 
 ``forest``  scikit-learn random forest; members are its trees.
-``gbm``     gradient boosting (squared error, row subsampling), one booster per seed.
+``gbm``     gradient boosting (squared error, depth 4, row subsampling), one booster per seed.
 ``ridge``   ridge regression on standardised features, one per bootstrap sample.
 ``mlp``     a two-hidden-layer MLP trained with the pairwise ranking loss
             (:func:`graphopt.predict.ranking.pairwise_logistic_loss`), one per seed; each member's
@@ -95,7 +95,7 @@ class TreeModel(RegressionModel):
         else:
             self.estimators = [
                 GradientBoostingRegressor(
-                    n_estimators=300, max_depth=3, learning_rate=0.05, subsample=0.8, random_state=self.seed + k
+                    n_estimators=300, max_depth=4, learning_rate=0.05, subsample=0.8, random_state=self.seed + k
                 ).fit(X, y)
                 for k in range(self.members)
             ]

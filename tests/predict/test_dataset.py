@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
 from graphopt.errors import InputError, UsageError
-from graphopt.predict import FEATURE_NAMES, FeatureSpec, Featurizer, load_labels
+from graphopt.predict import FEATURE_NAMES, LIVE_FEATURE_NAMES, FeatureSpec, Featurizer, load_labels
 
 
 def _csv(path, text):
@@ -65,16 +67,30 @@ def test_spec_validation():
     assert spec.graph_only() == FeatureSpec(("structural",), "nb201")
     assert FeatureSpec(("onehot",), "nb201").graph_only() is None
     assert FeatureSpec.from_dict(spec.to_dict()) == spec
+    old = {k: v for k, v in spec.to_dict().items() if k != "live"}  # a file written before live features
+    assert FeatureSpec.from_dict(old).live is False
+
+
+def test_cache_written_without_live_features_gains_them(tmp_path):
+    cell = ["(2, 0, 3, 1, 4, 2)"]
+    old = Featurizer(FeatureSpec(("structural",), "nb201", live=False), cache_dir=tmp_path).archs(cell)
+    new = Featurizer(FeatureSpec(("structural",), "nb201"), cache_dir=tmp_path).archs(cell)
+    np.testing.assert_array_equal(new[:, : old.shape[1]], old)
+    assert new.shape[1] == old.shape[1] + len(LIVE_FEATURE_NAMES)
+    [cached] = (tmp_path / "graphs").glob("*.json")
+    assert len(json.loads(cached.read_text())["live"]) == len(LIVE_FEATURE_NAMES)
 
 
 def test_arch_features_are_onehot_then_log_structural(feature_cache):
     featurizer = Featurizer(FeatureSpec(("onehot", "structural"), "nb201"), cache_dir=feature_cache)
     X = featurizer.archs(["(2, 2, 2, 2, 2, 2)", "(1, 1, 1, 1, 1, 1)"])
-    assert X.shape == (2, 30 + len(FEATURE_NAMES))
+    assert X.shape == (2, 30 + len(FEATURE_NAMES) + len(LIVE_FEATURE_NAMES))
     np.testing.assert_array_equal(X[0, :30].reshape(6, 5).argmax(1), [2] * 6)
     params = X[:, 30 + FEATURE_NAMES.index("parameter_count")]
     assert params[0] > params[1] > 0  # six 3x3 convolutions per cell against none, on a log scale
     assert params[0] < 20  # log1p(1.1M)
+    live = X[:, 30 + len(FEATURE_NAMES) + LIVE_FEATURE_NAMES.index("live_conv")]
+    assert live[0] > 0 and live[1] == 0  # all-none cells: nothing depends on the input
     assert list((feature_cache / "graphs").glob("*.json"))
 
 
@@ -93,7 +109,8 @@ def test_cached_graph_features_are_reused(feature_cache, monkeypatch):
 def test_model_features_and_their_limits(mlp_zoo):
     paths, _ = mlp_zoo
     X = Featurizer(FeatureSpec(("structural",))).models(paths[:3])
-    assert X.shape == (3, len(FEATURE_NAMES))
+    assert X.shape == (3, len(FEATURE_NAMES) + len(LIVE_FEATURE_NAMES))
+    assert Featurizer(FeatureSpec(("structural",), live=False)).models(paths[:1]).shape == (1, len(FEATURE_NAMES))
     with pytest.raises(UsageError, match="onehot features exist only"):
         Featurizer(FeatureSpec(("onehot",), "nb201")).models(paths[:1])
     with pytest.raises(UsageError, match="trained on ONNX files"):
