@@ -1,8 +1,9 @@
 """``graphopt score``: one score per ONNX model or space architecture, in input order.
 
-Scores come from a trained predictor (``--predictor PRED``). The source of the scores is one
-required, mutually exclusive option group: a training-free metric can join it (``--metric NAME``)
-by adding a branch to :func:`_scorer`.
+Scores come from a trained predictor (``--predictor PRED``) or a training-free metric
+(``--metric NAME[,NAME]``, :mod:`graphopt.nas.metrics`); the source of the scores is one required,
+mutually exclusive option group, and :func:`_scorer` has a branch per source. With several metrics
+each line holds one score per metric (JSON: one object per model).
 """
 
 from __future__ import annotations
@@ -28,12 +29,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("models", nargs="*", metavar="MODEL.onnx", help="models to score")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--predictor", metavar="PRED", help="predictor file from `graphopt predictor train`")
+    source.add_argument("--metric", metavar="NAME[,NAME]",
+                        help="training-free metric(s): synflow, snip, grad_norm, grasp, fisher, jacov, nwot, zen, "
+                        "params, flops")
     parser.add_argument("--space", metavar="SPACE", help="search space of the --archs file")
     parser.add_argument("--archs", metavar="FILE", help="architectures of --space, one per line ('#' comments)")
     parser.add_argument("--json", action="store_true", help="print a JSON list of numbers")
     parser.add_argument("--std", action="store_true",
                         help="also give the ensemble spread: 'score std' per line, or JSON objects")
     parser.add_argument("--cache", metavar="DIR", help="cache graph features and text embeddings in DIR")
+    parser.add_argument("--inputs", metavar="FEED.npz", help="--metric: the data batch (default: seeded N(0,1) feeds)")
+    parser.add_argument("--seed", type=int, default=0, help="--metric: seed of weights of --archs, data, labels")
     parser.set_defaults(func=run)
 
 
@@ -46,6 +52,10 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--archs needs --space")
     if args.space and not args.archs:
         raise UsageError("--space goes with --archs FILE (ONNX models need no space)")
+    if args.metric and args.std:
+        raise UsageError("--std goes with --predictor (a metric has no spread)")
+    if args.inputs and not args.metric:
+        raise UsageError("--inputs goes with --metric")
     scorer = _scorer(args)
     if args.archs:
         path = Path(args.archs)
@@ -61,11 +71,21 @@ def run(args: argparse.Namespace) -> int:
         scores, spreads = scorer(space=args.space, archs=archs)
     else:
         scores, spreads = scorer(models=args.models)
+    if args.metric and len(names := _metric_names(args)) > 1:
+        rows = [scores[i:i + len(names)] for i in range(0, len(scores), len(names))]
+        if args.json:
+            emit_json([dict(zip(names, row)) for row in rows])
+        else:
+            for row in rows:
+                print(" ".join(f"{v:.6g}" for v in row))
+        return 0
     _print(scores, spreads if args.std else None, as_json=args.json)
     return 0
 
 
 def _scorer(args: argparse.Namespace) -> Scorer:
+    if args.metric:
+        return _metric_scorer(args)
     from graphopt.predict import load_predictor
 
     predictor = load_predictor(args.predictor, cache_dir=args.cache)
@@ -76,6 +96,42 @@ def _scorer(args: argparse.Namespace) -> Scorer:
         return [float(v) for v in result.mean], [float(v) for v in result.std]
 
     return score
+
+
+def _metric_scorer(args: argparse.Namespace) -> Scorer:
+    from graphopt._io import load_model
+    from graphopt.feeds import input_specs, load_feeds
+    from graphopt.nas.metrics import score_model_all
+    from graphopt.nas.spaces import get_space
+
+    names = _metric_names(args)
+
+    def score(*, models: list[str] | None = None, space: str | None = None,
+              archs: list[str] | None = None) -> tuple[list[float], list[float] | None]:
+        if models:
+            graphs = (load_model(m) for m in models)
+        else:
+            sp = get_space(space or "")
+            parsed = [sp.parse(a) for a in archs or []]
+            graphs = (sp.build(a, seed=args.seed) for a in parsed)
+        rows: list[float] = []
+        for model in graphs:
+            data = load_feeds(args.inputs, input_specs(model)) if args.inputs else None
+            values = score_model_all(model, names, data=data, seed=args.seed)
+            rows.extend(values[n] for n in names)
+        return rows, None
+
+    return score
+
+
+def _metric_names(args: argparse.Namespace) -> list[str]:
+    from graphopt.errors import UsageError
+    from graphopt.nas.metrics import get_metric
+
+    names = [get_metric(m).name for m in str(args.metric).split(",") if m.strip()]
+    if not names:
+        raise UsageError("--metric needs a metric name")
+    return names
 
 
 def _print(scores: list[float], spreads: list[float] | None, *, as_json: bool) -> None:
