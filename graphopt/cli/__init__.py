@@ -20,7 +20,7 @@ __all__ = ["main"]
 
 _VERBS = (
     "inspect", "optimize", "quantize", "prune", "rewrite", "finetune", "verify", "bench",
-    "encode", "score", "predictor", "export", "demo",
+    "encode", "score", "predictor", "search", "export", "demo",
 )  # fmt: skip
 
 
