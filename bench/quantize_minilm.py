@@ -40,7 +40,13 @@ GRAPHOPT_SCHEMES: list[tuple[str, str, dict[str, Any]]] = [
     ("graphopt w8a8 + SmoothQuant 0.8", "w8a8", {"smooth_alpha": 0.8}),
     ("graphopt w8a8 + SmoothQuant 0.8, fidelity >= 0.998", "w8a8", {"smooth_alpha": 0.8, "target_fidelity": 0.998}),
     ("graphopt w8a8-dynamic", "w8a8-dynamic", {}),
-    ("graphopt w4a16 (RTN, blocks of 32)", "w4a16", {}),
+    ("graphopt w4a16 (GPTQ, blocks of 32, MatMulNBits)", "w4a16", {}),
+    ("graphopt w4a16 (RTN, blocks of 32, MatMulNBits)", "w4a16", {"weight_method": "rtn"}),
+    ("graphopt w3a16 (GPTQ)", "w3a16", {}),
+    ("graphopt nf4", "nf4", {}),
+    ("graphopt mixed:3 (BAQ, GPTQ)", "mixed:3", {}),
+    ("graphopt fp16", "fp16", {}),
+    ("graphopt fp8 (E4M3 weights)", "fp8", {}),
 ]
 CALIB, EVAL, SEQUENCE, THREADS = 64, 128, 128, 2
 
