@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +67,33 @@ class StructuredPrunePass(GraphoptPass[Any]):
         for line in lines:
             logger.warning("%s: skipped %s", self.name, line)
         self.skipped.extend(lines)
+
+    def prune_units(
+        self,
+        model: ir.Model,
+        label: str,
+        groups: Callable[[], Sequence[Any]],
+        scores: Callable[..., Mapping[int, np.ndarray]],
+        prune: Callable[[ir.Model, Any, list[int]], bool],
+    ) -> ir.passes.PassResult:
+        """The body of the unit-pruning passes: report the groups that cannot be pruned, score the
+        others and keep the ``units - round(fraction * units)`` best units of each."""
+        settings = self.settings
+        if settings.fraction == 0.0:
+            return ir.passes.PassResult(model, False)
+        found = groups()
+        self.note_skipped([f"{label} {g.index}: {g.reason}" for g in found if g.reason])
+        live = [g for g in found if g.reason is None]
+        if all(round(settings.fraction * g.units) == 0 for g in live):
+            return ir.passes.PassResult(model, False)
+        score = scores(model, live, settings.importance, self.load_feeds(model), settings.seed)
+        modified = False
+        for group in live:
+            keep = top_units(score[group.index], group.units - round(settings.fraction * group.units))
+            modified = prune(model, group, keep.tolist()) or modified
+        if modified:
+            finish(model)
+        return ir.passes.PassResult(model, modified)
 
 
 def top_units(scores: np.ndarray, keep: int) -> np.ndarray:

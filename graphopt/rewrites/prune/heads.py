@@ -22,10 +22,8 @@ from graphopt.passes import register_pass
 from graphopt.rewrites.prune._base import (
     PruneSettings,
     StructuredPrunePass,
-    finish,
     slice_linear_in,
     slice_linear_out,
-    top_units,
 )
 from graphopt.rewrites.prune._dependency import HeadGroup, analyze
 from graphopt.rewrites.prune._edit import remap_shape_input
@@ -101,19 +99,4 @@ class PruneHeadsPass(StructuredPrunePass):
     Settings = PruneSettings
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        settings: PruneSettings = self.settings
-        if settings.fraction == 0.0:
-            return ir.passes.PassResult(model, False)
-        analysis = analyze(model)
-        self.note_skipped([f"attention block {g.index}: {g.reason}" for g in analysis.heads if g.reason])
-        live = [g for g in analysis.heads if g.reason is None]
-        if all(round(settings.fraction * g.units) == 0 for g in live):
-            return ir.passes.PassResult(model, False)
-        scores = head_scores(model, live, settings.importance, self.load_feeds(model), settings.seed)
-        modified = False
-        for group in live:
-            keep = top_units(scores[group.index], group.units - round(settings.fraction * group.units))
-            modified = prune_head_group(model, group, keep.tolist()) or modified
-        if modified:
-            finish(model)
-        return ir.passes.PassResult(model, modified)
+        return self.prune_units(model, "attention block", lambda: analyze(model).heads, head_scores, prune_head_group)

@@ -17,10 +17,8 @@ from graphopt.passes import register_pass
 from graphopt.rewrites.prune._base import (
     PruneSettings,
     StructuredPrunePass,
-    finish,
     slice_linear_in,
     slice_linear_out,
-    top_units,
 )
 from graphopt.rewrites.prune._dependency import MlpGroup, analyze
 from graphopt.rewrites.prune._edit import remap_shape_input
@@ -65,19 +63,4 @@ class PruneMlpPass(StructuredPrunePass):
     Settings = PruneSettings
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        settings: PruneSettings = self.settings
-        if settings.fraction == 0.0:
-            return ir.passes.PassResult(model, False)
-        analysis = analyze(model)
-        self.note_skipped([f"MLP block {g.index}: {g.reason}" for g in analysis.mlps if g.reason])
-        live = [g for g in analysis.mlps if g.reason is None]
-        if all(round(settings.fraction * g.units) == 0 for g in live):
-            return ir.passes.PassResult(model, False)
-        scores = mlp_scores(model, live, settings.importance, self.load_feeds(model), settings.seed)
-        modified = False
-        for group in live:
-            keep = top_units(scores[group.index], group.units - round(settings.fraction * group.units))
-            modified = prune_mlp_group(model, group, keep.tolist()) or modified
-        if modified:
-            finish(model)
-        return ir.passes.PassResult(model, modified)
+        return self.prune_units(model, "MLP block", lambda: analyze(model).mlps, mlp_scores, prune_mlp_group)
