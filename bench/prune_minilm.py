@@ -7,20 +7,29 @@ sentence embeddings to the unpruned model, nearest-neighbour agreement (each eva
 nearest other sentence is the same as unpruned), parameters and MACs (at 1 x 128 tokens). Latency
 relative to the unpruned model at batch 8 x 128 tokens is measured once per configuration (every
 importance method gives the same shapes), all models alternating in one worker process (2 threads).
-Fine-tuning after pruning (distillation) is not part of this run: it needs a differentiable executor
-that graphopt does not have yet.
+
+Healing: the activation-importance variant of every configuration (and every importance method at
+``HEAL_ALL_AT``) is distilled towards the unpruned graph with graphopt's differentiable executor
+(``graphopt.executor.finetune``, what ``graphopt finetune --teacher`` runs): cosine loss on the
+sentence embedding, all initializers trainable, ``HEAL_STEPS`` Adam steps at batch 8 on the
+calibration sentences only (``HEAL_SEQUENCE`` tokens: no calibration sentence is longer), one torch
+thread; then the same fidelity measures on the evaluation sentences, in onnxruntime.
 
 Digits: a small CNN trained with torch on scikit-learn's digits (8x8 images), exported with the dynamo
 exporter; 25/50/75% of the output channels of every convolution pruned with each importance method
 (calibration: 256 training images); test accuracy, parameters, MACs and latency (batch 256, same
-alternating run per fraction) next to the unpruned network.
+alternating run per fraction) next to the unpruned network. Healing: every pruned network fine-tuned
+with the executor on the training split (cross-entropy on the labels, ``DIGITS_HEAL_STEPS`` steps at
+batch 64); the unpruned network gets the same extra training as a control.
 
 Extras: ThinK (25/50% of the query/key channels) and unstructured 50% / 2:4 masked sparsity on MiniLM,
 with the same fidelity measures and latency (onnxruntime's CPU kernels are dense: no gain expected).
 
-    .venv/bin/python bench/prune_minilm.py [--quick] [--only minilm|digits|extras]
+    .venv/bin/python bench/prune_minilm.py [--quick] [--only minilm|digits|extras|heal]
 
-``--only`` reruns one part and keeps the other part's results from the existing JSON file.
+``--only`` reruns one part and keeps the other part's results from the existing JSON file; ``--only
+heal`` recomputes the pruned MiniLM models (pruning is deterministic: their cosine must equal the
+stored rows) and adds the healed measures to the stored rows.
 """
 
 from __future__ import annotations
@@ -55,6 +64,9 @@ CONFIGS: list[tuple[str, dict[str, Any]]] = [
 ]
 METHODS = ("activation", "magnitude", "wanda", "random")
 CHANNEL_FRACTIONS = (0.25, 0.5, 0.75)
+HEAL_STEPS, HEAL_LR, HEAL_BATCH, HEAL_SEQUENCE = 40, 1e-4, 8, 64
+HEAL_ALL_AT = "heads+mlp 50%"  # every importance method is healed here; elsewhere only activation
+DIGITS_HEAL_STEPS, DIGITS_HEAL_LR = 200, 3e-3
 
 
 def _scores(ref: np.ndarray, out: np.ndarray) -> dict[str, float]:
@@ -75,6 +87,46 @@ def _embed(model: Any, feeds: dict[str, np.ndarray]) -> np.ndarray:
     return np.concatenate(parts)
 
 
+def _heal_data(original: Path) -> dict[str, np.ndarray]:
+    """The calibration sentences at ``HEAL_SEQUENCE`` tokens and, keyed by the output name, the
+    unpruned model's embeddings of them (the distillation targets, computed once)."""
+    from graphopt.data import stdlib_sentences, tokenize
+    from graphopt.frontend import minilm_dir
+    from graphopt.runtime import make_session
+
+    feeds = tokenize(minilm_dir(), stdlib_sentences(CALIB + EVAL, seed=0)[:CALIB], sequence=HEAL_SEQUENCE)
+    truncated = int(feeds["attention_mask"][:, -1].sum())
+    if truncated:
+        log(f"heal: {truncated} calibration sentences truncated at {HEAL_SEQUENCE} tokens")
+    session = make_session(original, threads=THREADS)
+    return {**feeds, session.get_outputs()[0].name: session.run(None, feeds)[0]}
+
+
+def _heal(model: Any, data: dict[str, np.ndarray], evaluation: dict[str, np.ndarray],
+          reference: np.ndarray) -> dict[str, Any]:
+    """Distil ``model`` (in place) towards the targets in ``data``; fidelity on the evaluation sentences."""
+    import torch
+
+    from graphopt.executor import finetune
+
+    torch.set_num_threads(1)
+    result = finetune(model, data, trainable="all", steps=HEAL_STEPS, lr=HEAL_LR, batch_size=HEAL_BATCH,
+                      loss="cosine", seed=0)
+    return {**_scores(reference, _embed(model, evaluation)), "train_loss_before": result.loss_before,
+            "train_loss_after": result.loss_after, "seconds": round(result.seconds, 1)}
+
+
+def _heals(label: str, method: str) -> bool:
+    return method == "activation" or label == HEAL_ALL_AT
+
+
+def _log_heal(row: dict[str, Any]) -> None:
+    healed = row["healed"]
+    log(f"{row['config']:14s} {row['importance']:10s} healed: cosine {row['mean_cosine']:.4f} -> "
+        f"{healed['mean_cosine']:.4f}, nn {row['nn_agreement']:.3f} -> {healed['nn_agreement']:.3f} "
+        f"({healed['seconds']:.0f} s)")
+
+
 def run(quick: bool) -> dict[str, Any]:
     from graphopt._io import load_model, save_model
     from graphopt.analysis import summarize
@@ -93,6 +145,7 @@ def run(quick: bool) -> dict[str, Any]:
     base = load_model(original)
     reference = _embed(base, evaluation)
     base_params, base_macs = parameter_count(base), summarize(base).macs
+    heal_data = _heal_data(original)
     rows: list[dict[str, Any]] = []
     latency_paths: list[Path] = [original]
     latency_rows: list[str] = ["unpruned"]
@@ -113,6 +166,9 @@ def run(quick: bool) -> dict[str, Any]:
                 save_model(model, path)
                 latency_paths.append(path)
                 latency_rows.append(label)
+            if _heals(label, method):
+                row["healed"] = _heal(model, heal_data, evaluation, reference)
+                _log_heal(row)
     log(f"latency at batch 8 x {SEQUENCE}: {len(latency_paths)} models alternating")
     report = benchmark(latency_paths, {k: v[:8] for k, v in evaluation.items()}, threads=THREADS, warmup=3,
                        runs=6 if quick else 20, min_seconds=0)
@@ -126,7 +182,46 @@ def run(quick: bool) -> dict[str, Any]:
     return {"model": "all-MiniLM-L6-v2 (dynamo export)", "calibration_sentences": CALIB,
             "evaluation_sentences": EVAL, "sequence": SEQUENCE, "threads": THREADS,
             "parameters": base_params, "macs": base_macs, "unpruned_latency_ms": report.models[0].median_ms,
-            "rows": rows, "goals": _goals(rows), "machine": _common.machine_info()}
+            "rows": rows, "goals": _goals(rows), "heal": _heal_settings(), "machine": _common.machine_info()}
+
+
+def _heal_settings() -> dict[str, Any]:
+    return {"steps": HEAL_STEPS, "lr": HEAL_LR, "batch_size": HEAL_BATCH, "sequence": HEAL_SEQUENCE,
+            "loss": "cosine", "trainable": "all", "data": f"the {CALIB} calibration sentences",
+            "teacher": "unpruned model", "torch_threads": 1}
+
+
+def run_heal(data: dict[str, Any]) -> None:
+    """Heal the stored MiniLM rows (see ``_heals``) again, from freshly pruned models; in place."""
+    from graphopt._io import load_model
+    from graphopt.data import stdlib_sentences, tokenize
+    from graphopt.frontend import export_sentence_embedder, minilm_dir
+    from graphopt.prune import prune
+
+    folder = Path(tempfile.mkdtemp(prefix="prune-heal-"))
+    original = folder / "minilm-dynamo.onnx"
+    log("heal: exporting all-MiniLM-L6-v2 (dynamo)")
+    export_sentence_embedder(minilm_dir(), original, exporter="dynamo")
+    feeds = tokenize(minilm_dir(), stdlib_sentences(CALIB + EVAL, seed=0), sequence=SEQUENCE)
+    calib = {k: v[:CALIB] for k, v in feeds.items()}
+    evaluation = {k: v[CALIB:] for k, v in feeds.items()}
+    reference = _embed(load_model(original), evaluation)
+    heal_data = _heal_data(original)
+    options = dict(CONFIGS)
+    for row in data["rows"]:
+        if not _heals(row["config"], row["importance"]):
+            continue
+        model = load_model(original)
+        prune(model, importance=row["importance"], feeds=calib, **options[row["config"]])
+        before = _scores(reference, _embed(model, evaluation))["mean_cosine"]
+        if abs(before - row["mean_cosine"]) > 1e-4:
+            raise SystemExit(f"{row['config']} {row['importance']}: pruned again, cosine {before:.6f} differs from "
+                             f"the stored {row['mean_cosine']:.6f}; rerun the whole MiniLM part")
+        row["healed"] = _heal(model, heal_data, evaluation, reference)
+        _log_heal(row)
+    data["heal"] = _heal_settings()
+    data["heal_machine"] = _common.machine_info()
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 EXTRAS: list[tuple[str, str, dict[str, Any]]] = [
@@ -197,8 +292,10 @@ def _global_mean_class() -> Any:
     return GlobalMean
 
 
-def _digits_cnn(folder: Path) -> tuple[Path, dict[str, np.ndarray], np.ndarray, np.ndarray, dict[str, Any]]:
-    """Train the CNN on 75% of digits (seed 0), export it; return path, calib feeds, test x, test y, info."""
+def _digits_cnn(folder: Path) -> tuple[Path, dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray, np.ndarray,
+                                       dict[str, Any]]:
+    """Train the CNN on 75% of digits (seed 0), export it; return path, calib feeds, the training split
+    (images and labels keyed by input and output name), test x, test y, info."""
     import torch
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
@@ -232,7 +329,8 @@ def _digits_cnn(folder: Path) -> tuple[Path, dict[str, np.ndarray], np.ndarray, 
                   dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}}, exporter="dynamo")
     info = {"train_images": len(x_train), "test_images": len(x_test), "epochs": epochs,
             "layers": "conv16-conv32-maxpool-conv32-gap-linear10"}
-    return path, {"x": x_train[:256]}, x_test, y_test, info
+    train = {"x": x_train, "logits": y_train.astype(np.int64)}
+    return path, {"x": x_train[:256]}, train, x_test, y_test, info
 
 
 def run_digits(quick: bool) -> dict[str, Any]:
@@ -245,17 +343,30 @@ def run_digits(quick: bool) -> dict[str, Any]:
 
     folder = Path(tempfile.mkdtemp(prefix="prune-digits-"))
     log("digits: training the CNN")
-    original, calib, x_test, y_test, info = _digits_cnn(folder)
+    original, calib, train, x_test, y_test, info = _digits_cnn(folder)
 
     def accuracy(model: Any) -> float:
         logits = make_session(model, threads=THREADS).run(None, {"x": x_test})[0]
         return float((logits.argmax(axis=1) == y_test).mean())
 
+    def heal(model: Any) -> float:
+        import torch
+
+        from graphopt.executor import finetune
+
+        torch.set_num_threads(1)
+        finetune(model, train, trainable="all", steps=DIGITS_HEAL_STEPS, lr=DIGITS_HEAL_LR, batch_size=64,
+                 loss="ce", seed=0)
+        return accuracy(model)
+
     base = load_model(original)
     shapes = {"x": (1, 1, 8, 8)}
     base_params, base_macs = parameter_count(base), summarize(base, shapes=shapes).macs
     rows: list[dict[str, Any]] = [{"fraction": 0.0, "importance": "-", "accuracy": accuracy(base),
+                                   "accuracy_healed": heal(load_model(original)),
                                    "parameter_ratio": 1.0, "mac_ratio": 1.0}]
+    log(f"digits unpruned accuracy {rows[0]['accuracy']:.4f}, after the same extra training "
+        f"{rows[0]['accuracy_healed']:.4f}")
     paths, labels = [original], ["unpruned"]
     for fraction in CHANNEL_FRACTIONS:
         for method in METHODS:
@@ -274,6 +385,9 @@ def run_digits(quick: bool) -> dict[str, Any]:
                 save_model(model, path)
                 paths.append(path)
                 labels.append(str(fraction))
+            row["accuracy_healed"] = heal(model)
+            log(f"digits {fraction:.2f} {method:10s} healed: accuracy {row['accuracy']:.4f} -> "
+                f"{row['accuracy_healed']:.4f}")
     report = benchmark(paths, {"x": x_test[:256]}, threads=THREADS, warmup=5, runs=10 if quick else 60,
                        min_seconds=0)
     latency = {"unpruned": {"median": 1.0, "p10": 1.0, "p90": 1.0}}
@@ -283,6 +397,8 @@ def run_digits(quick: bool) -> dict[str, Any]:
         row["latency_ratio"] = latency["unpruned" if row["fraction"] == 0.0 else str(row["fraction"])]
     shutil.rmtree(folder, ignore_errors=True)
     return {**info, "parameters": base_params, "macs": base_macs, "unpruned_latency_ms": report.models[0].median_ms,
+            "heal": {"steps": DIGITS_HEAL_STEPS, "lr": DIGITS_HEAL_LR, "batch_size": 64, "loss": "ce",
+                     "trainable": "all", "data": f"the {info['train_images']} training images", "torch_threads": 1},
             "rows": rows}
 
 
@@ -306,14 +422,29 @@ def _markdown(data: dict[str, Any]) -> str:
         "# Structured pruning of all-MiniLM-L6-v2", "",
         f"{data['evaluation_sentences']} evaluation / {data['calibration_sentences']} calibration standard-library "
         f"sentences, {data['sequence']} tokens; latency at batch 8, {data['threads']} threads, relative to the "
-        f"unpruned model ({data['unpruned_latency_ms']:.1f} ms), median (p10-p90), one run. No fine-tuning.", "",
-        "| config | importance | mean cosine | min cosine | NN agreement | params | MACs | latency |",
-        "|---|---|---|---|---|---|---|---|",
+        f"unpruned model ({data['unpruned_latency_ms']:.1f} ms), median (p10-p90), one run.", "",
+    ]
+    heal = data.get("heal")
+    if heal:
+        lines += [
+            f"After distillation: {heal['steps']} Adam steps (lr {heal['lr']:g}, batch {heal['batch_size']} x "
+            f"{heal['sequence']} tokens, {heal['loss']} loss, all initializers trainable) towards the unpruned "
+            f"model on {heal['data']} with graphopt's torch executor (`graphopt finetune --teacher`), then "
+            f"measured in onnxruntime on the evaluation sentences; activation importance for every config, every "
+            f"method at {HEAL_ALL_AT}; '-' not distilled."
+            + (" Distilled in a later run (`--only heal`), from the same pruned models." if "heal_machine" in data
+               else ""), ""]
+    lines += [
+        "| config | importance | mean cosine | min cosine | NN agreement | cosine after distillation | "
+        "NN after distillation | params | MACs | latency |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in data["rows"]:
         lat = r["latency_ratio"]
+        healed = r.get("healed")
+        after = (f"{healed['mean_cosine']:.4f} | {healed['nn_agreement']:.3f}" if healed else "- | -")
         lines.append(f"| {r['config']} | {r['importance']} | {r['mean_cosine']:.4f} | {r['min_cosine']:.4f} | "
-                     f"{r['nn_agreement']:.3f} | {r['parameter_ratio']:.3f} | {r['mac_ratio']:.3f} | "
+                     f"{r['nn_agreement']:.3f} | {after} | {r['parameter_ratio']:.3f} | {r['mac_ratio']:.3f} | "
                      f"{lat['median']:.3f} ({lat['p10']:.2f}-{lat['p90']:.2f}) |")
     goals = data["goals"]
     lines += ["", "Goals:",
@@ -323,16 +454,29 @@ def _markdown(data: dict[str, Any]) -> str:
               f"- activation importance above magnitude and random in mean cosine: "
               f"{'met' if goals['activation beats magnitude and random']['met'] else 'NOT met'} "
               f"(losses: {', '.join(goals['activation beats magnitude and random']['losses']) or 'none'})"]
+    healed_rows = [r for r in data["rows"] if "healed" in r]
+    if healed_rows:
+        gains = [r["healed"]["mean_cosine"] - r["mean_cosine"] for r in healed_rows]
+        nn_gains = [r["healed"]["nn_agreement"] - r["nn_agreement"] for r in healed_rows]
+        lines.append(f"- distillation: mean cosine up in {sum(g > 0 for g in gains)} of {len(gains)} distilled rows "
+                     f"(by {min(gains):+.4f} to {max(gains):+.4f}), NN agreement up in "
+                     f"{sum(g > 0 for g in nn_gains)} (by {min(nn_gains):+.3f} to {max(nn_gains):+.3f})")
     digits = data.get("digits")
     if digits:
         lines += ["", "## CNN on scikit-learn digits: output channels of every convolution pruned", "",
                   f"{digits['layers']}, trained {digits['epochs']} epochs on {digits['train_images']} images; "
                   f"accuracy on {digits['test_images']} test images; latency at batch 256 relative to unpruned "
-                  f"({digits['unpruned_latency_ms']:.2f} ms). No fine-tuning after pruning.", "",
-                  "| channels pruned | importance | accuracy | params | MACs | latency |", "|---|---|---|---|---|---|"]
+                  f"({digits['unpruned_latency_ms']:.2f} ms)."
+                  + (f" Fine-tuned: {digits['heal']['steps']} Adam steps (lr {digits['heal']['lr']:g}, batch "
+                     f"{digits['heal']['batch_size']}, cross-entropy on the labels, all initializers) on "
+                     f"{digits['heal']['data']} with graphopt's torch executor; the unpruned row got the same "
+                     f"extra training (control)." if "heal" in digits else ""), "",
+                  "| channels pruned | importance | accuracy | accuracy after fine-tuning | params | MACs | latency |",
+                  "|---|---|---|---|---|---|---|"]
         for r in digits["rows"]:
             lat = r["latency_ratio"]
-            lines.append(f"| {r['fraction']:.0%} | {r['importance']} | {r['accuracy']:.4f} | "
+            healed = f"{r['accuracy_healed']:.4f}" if "accuracy_healed" in r else "-"
+            lines.append(f"| {r['fraction']:.0%} | {r['importance']} | {r['accuracy']:.4f} | {healed} | "
                          f"{r['parameter_ratio']:.3f} | {r['mac_ratio']:.3f} | "
                          f"{lat['median']:.3f} ({lat['p10']:.2f}-{lat['p90']:.2f}) |")
     extras = data.get("extras")
@@ -355,7 +499,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer latency rounds")
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"), help="results folder")
-    parser.add_argument("--only", choices=("minilm", "digits", "extras"), help="rerun one part, keep the others")
+    parser.add_argument("--only", choices=("minilm", "digits", "extras", "heal"),
+                        help="rerun one part, keep the others (heal: distil the stored MiniLM rows again)")
     args = parser.parse_args()
     out = Path(args.out)
     if args.only:
@@ -369,6 +514,8 @@ def main() -> None:
         data["digits"] = run_digits(args.quick)
     if args.only in (None, "extras"):
         data["extras"] = run_extras(args.quick)
+    if args.only == "heal":
+        run_heal(data)
     _common.write_json(out / "prune_minilm.json", data)
     _common.write_atomic(out / "prune_minilm.md", _markdown(data))
     print(_markdown(data))
