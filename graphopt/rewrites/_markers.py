@@ -6,7 +6,21 @@ Adapters (LoRA, NOLA, BitDelta) are named ``graphopt.adapter.<layer>.<proj>.<par
 
 from __future__ import annotations
 
-__all__ = ["ADAPTER_PREFIX", "FROZEN_PARTS", "GATE_PREFIX", "INSERTED_BY_KEY", "is_adapter", "is_gate", "is_trainable"]
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+__all__ = [
+    "ADAPTER_PREFIX",
+    "FROZEN_PARTS",
+    "GATE_PREFIX",
+    "INSERTED_BY_KEY",
+    "MarkedNodes",
+    "is_adapter",
+    "is_gate",
+    "is_trainable",
+]
 
 ADAPTER_PREFIX = "graphopt.adapter."
 GATE_PREFIX = "graphopt.gate."
@@ -29,3 +43,22 @@ def is_gate(name: str) -> bool:
 def is_trainable(name: str) -> bool:
     """True for an inserted adapter or gate parameter that fine-tuning updates."""
     return (is_adapter(name) or is_gate(name)) and name.rsplit(".", 1)[-1] not in FROZEN_PARTS
+
+
+class MarkedNodes:
+    """Builds nodes named ``<prefix><op>_<n>`` and marked with the inserting pass, for insertion into a graph."""
+
+    def __init__(self, pass_name: str, prefix: str) -> None:
+        self.pass_name, self.prefix = pass_name, prefix
+        self.nodes: list[ir.Node] = []
+
+    def op(self, op_type: str, inputs: list[ir.Value | None], **attributes: Any) -> ir.Value:
+        name = f"{self.prefix}{op_type}_{len(self.nodes)}"
+        node = ir.node(op_type, inputs, attributes=attributes or None, name=name,
+                       metadata_props={INSERTED_BY_KEY: self.pass_name})
+        node.outputs[0].name = name
+        self.nodes.append(node)
+        return node.outputs[0]
+
+    def const(self, array: np.ndarray) -> ir.Value:
+        return self.op("Constant", [], value=ir.tensor(array))

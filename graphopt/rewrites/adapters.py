@@ -26,7 +26,7 @@ from graphopt.analysis._blocks import find_mlps
 from graphopt.analysis._graph import ConstantTracker
 from graphopt.errors import UsageError
 from graphopt.passes import GraphoptPass, PassSettings, register_pass, setting
-from graphopt.rewrites._markers import ADAPTER_PREFIX, INSERTED_BY_KEY
+from graphopt.rewrites._markers import ADAPTER_PREFIX, INSERTED_BY_KEY, MarkedNodes
 
 __all__ = [
     "ADAPTER_KEY",
@@ -107,12 +107,12 @@ def _select(model: ir.Model, targets: tuple[str, ...], pattern: str | None) -> l
     return selected
 
 
-class _Builder:
+class _Builder(MarkedNodes):
     """Marked nodes and adapter initializers for one projection."""
 
     def __init__(self, graph: ir.Graph, pass_name: str, prefix: str) -> None:
-        self.graph, self.pass_name, self.prefix = graph, pass_name, prefix
-        self.nodes: list[ir.Node] = []
+        super().__init__(pass_name, prefix)
+        self.graph = graph
 
     def param(self, part: str, array: np.ndarray) -> ir.Value:
         name = self.prefix + part
@@ -123,17 +123,6 @@ class _Builder:
                          const_value=ir.tensor(array, name=name))
         self.graph.register_initializer(value)
         return value
-
-    def op(self, op_type: str, inputs: list[ir.Value | None], **attributes: Any) -> ir.Value:
-        name = f"{self.prefix}{op_type}_{len(self.nodes)}"
-        node = ir.node(op_type, inputs, attributes=attributes or None, name=name,
-                       metadata_props={INSERTED_BY_KEY: self.pass_name})
-        node.outputs[0].name = name
-        self.nodes.append(node)
-        return node.outputs[0]
-
-    def const(self, array: np.ndarray) -> ir.Value:
-        return self.op("Constant", [], value=ir.tensor(array))
 
     def attach(self, target: ir.Node, delta: ir.Value, info: dict[str, Any]) -> None:
         """``y -> Add(y, delta)`` for every user of the projection's output ``y``."""

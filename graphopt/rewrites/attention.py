@@ -22,7 +22,7 @@ from onnxscript.rewriter._basics import MatchResult
 from graphopt.analysis._attention import AttentionBlock, find_attention
 from graphopt.errors import UsageError
 from graphopt.passes import GraphoptPass, PassSettings, register_pass, setting
-from graphopt.rewrites._markers import GATE_PREFIX, INSERTED_BY_KEY
+from graphopt.rewrites._markers import GATE_PREFIX, INSERTED_BY_KEY, MarkedNodes
 
 __all__ = [
     "ClipSoftmaxPass",
@@ -284,7 +284,7 @@ class GateAttentionPass(GraphoptPass[GateAttentionSettings]):
         prefix = f"{GATE_PREFIX}{index}."
         w = _initializer(graph, prefix + "weight", weight.astype(np.float32))
         b = _initializer(graph, prefix + "bias", bias.astype(np.float32))
-        tape = _Tape(self.name, prefix)
+        tape = MarkedNodes(self.name, prefix)
         if s.inputs == "full":
             logits = tape.op("Add", [tape.op("MatMul", [x, w]), b])
         else:  # per head: the head's slice of x times its own weight row
@@ -302,25 +302,6 @@ class GateAttentionPass(GraphoptPass[GateAttentionSettings]):
         graph.insert_before(o_node, tape.nodes)
         o_node.replace_input_with(0, out)
         return None
-
-
-class _Tape:
-    """Builds marked nodes named ``<prefix><op>_<n>`` for insertion into a graph."""
-
-    def __init__(self, pass_name: str, prefix: str) -> None:
-        self.pass_name, self.prefix = pass_name, prefix
-        self.nodes: list[ir.Node] = []
-
-    def op(self, op_type: str, inputs: list[ir.Value], **attributes: Any) -> ir.Value:
-        name = f"{self.prefix}{op_type}_{len(self.nodes)}"
-        node = ir.node(op_type, inputs, attributes=attributes or None, name=name,
-                       metadata_props={INSERTED_BY_KEY: self.pass_name})
-        node.outputs[0].name = name
-        self.nodes.append(node)
-        return node.outputs[0]
-
-    def const(self, array: np.ndarray) -> ir.Value:
-        return self.op("Constant", [], value=ir.tensor(array))
 
 
 def _initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
