@@ -12,7 +12,7 @@ export TRANSFORMERS_OFFLINE := 1
 $(STAMP): pyproject.toml constraints/dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints/dev.txt -e ".[cpu,torch,peers,predict,search,demo,dev]"
+	$(BIN)/python -m pip install --quiet -c constraints/dev.txt -e ".[cpu,torch,peers,predict,search,ray,demo,dev]"
 	touch $(STAMP)
 
 demo: $(STAMP)
