@@ -16,8 +16,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="lower a model for a runtime target and write a deployable bundle",
         description="Lower MODEL for TARGET (MatMulNBits, float16, opset conversion, onnxruntime's offline "
         "optimisation, .ort format), report every node that would fall back to another execution provider "
-        "or is unsupported, verify against MODEL in onnxruntime on CPU, and write DIR atomically: the model, "
-        "manifest.json, compatibility.json and run_example.py.",
+        "or is unsupported, verify against MODEL in onnxruntime (on the target's GPU provider where this machine "
+        "has it, else on CPU), and write DIR atomically: the model, manifest.json, compatibility.json and "
+        "run_example.py.",
     )
     parser.add_argument("model", help="input model (.onnx)")
     parser.add_argument("--target", required=True, help=_TARGET_HELP)
@@ -25,7 +26,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--force", action="store_true", help="replace DIR if it exists and is not empty")
     add_feed_args(parser)
     parser.add_argument("--no-verify", action="store_true", help="skip verification against MODEL")
-    parser.add_argument("--bench", action="store_true", help="also measure the latency ratio vs MODEL on CPU")
+    parser.add_argument("--bench", action="store_true",
+                        help="also measure the latency ratio vs MODEL (on the provider verification ran on)")
+    parser.add_argument(
+        "--on-device", choices=("auto", "require", "off"), default="auto",
+        help="GPU targets: verify, read node placement and bench on the target's provider when it is usable "
+        "here (auto, the default), fail when it is not (require), or stay on CPU (off)",
+    )
     parser.add_argument("--threads", type=int, help="onnxruntime threads for --bench")
     parser.add_argument(
         "--external-data-mib", type=float, metavar="MIB",
@@ -54,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     result = export_model(
         args.model, spec, args.output, feeds=feeds, original=original, force=args.force,
         verify=not args.no_verify, bench=args.bench, threads=args.threads, external_data_threshold=threshold,
-        progress=None if args.json else lambda message: progress(f"  {message} ..."),
+        progress=None if args.json else lambda message: progress(f"  {message} ..."), on_device=args.on_device,
     )
     if args.json:
         emit_json(result.manifest)
@@ -76,10 +83,18 @@ def _print(manifest: dict[str, Any], compatibility: Any) -> None:
     rows.append(("compatibility", f"{compatibility.method}: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v)))
     verification = manifest["verification"]
     if verification.get("ran"):
-        rows.append(("verification", f"ok on CPU, max abs error {verification['max_abs']:.3g}, "
+        where = "CPU" if verification["provider"] == "CPUExecutionProvider" else verification["provider"]
+        rows.append(("verification", f"ok on {where}, max abs error {verification['max_abs']:.3g}, "
                                      f"min cosine {verification['min_cosine']:.6f}"))
     else:
         rows.append(("verification", f"not run: {verification['reason']}"))
+    device = manifest.get("device") or {}
+    if device.get("placement"):
+        placed = device["placement"]
+        rows.append(("node placement", ", ".join(f"{n} on {p}" for p, n in placed["counts"].items())
+                     + " (onnxruntime's optimised graph)"))
+    elif device.get("provider") not in (None, "CPUExecutionProvider"):
+        rows.append(("on device", f"not run: {device['reason']}"))
     if manifest.get("benchmark") and "error" in manifest["benchmark"]:
         rows.append(("latency vs source", f"not measured: {manifest['benchmark']['error']}"))
     elif manifest.get("benchmark"):

@@ -57,6 +57,7 @@ def export_model(
     threads: int | None = None,
     external_data_threshold: int = EXTERNAL_DATA_THRESHOLD,
     progress: Callable[[str], None] | None = None,
+    on_device: str = "auto",
 ) -> ExportResult:
     """Export the model at ``source`` for ``target`` into the bundle folder ``output_dir``.
 
@@ -67,10 +68,16 @@ def export_model(
     graph the CPU cannot run is recorded as not verified (with the reason). A verification that
     runs and fails raises :class:`CheckFailed`. Nothing is written on any error. ``original`` is
     the model as loaded from ``source``, when the caller has it.
+
+    ``on_device`` concerns GPU targets: ``"auto"`` runs verification, node placement and the
+    latency ratio on the target's provider when this machine has it usable (else on CPU, saying
+    why in the manifest's ``device`` entry), ``"require"`` raises :class:`UnsupportedError` when it
+    has not, ``"off"`` never uses it.
     """
     spec = parse_target(target) if isinstance(target, str) else target
     if threads is not None and threads < 1:
         raise UsageError("threads must be at least 1")
+    device = _device_provider(spec, on_device)
     bundle.check_output_dir(output_dir, force=force, inputs=(source,))
     model = original if original is not None else load_model(source)
     inputs: Feeds = {}
@@ -92,29 +99,63 @@ def export_model(
         say("checking compatibility")
         compatibility = check_compatibility(lowered.model, spec)
         verification = (
-            _verify(reference, files[0], inputs, spec, model) if reference is not None
-            else {"ran": False, "reason": "--no-verify"}
+            _verify(reference, files[0], inputs, spec, model, device["provider"] if device["usable"] else None)
+            if reference is not None else {"ran": False, "reason": "--no-verify"}
         )
         if verification.get("ran") and not verification["passed"]:
             raise CheckFailed(
                 f"the exported model differs from the source beyond tolerance (max abs error "
                 f"{verification['max_abs']:.3g}, atol {spec.atol:g}, rtol {spec.rtol:g}); nothing written"
             )
-        benchmark = _bench(source, files[0], inputs, threads, say) if bench else None
+        if device["usable"]:
+            say(f"reading node placement on {device['provider']}")
+            sample = inputs or synthesize_feeds(input_specs(model))
+            device["placement"] = _placement(files[0], device["provider"], sample, model)
+        run_on = device["provider"] if device["usable"] else None
+        benchmark = _bench(source, files[0], inputs, threads, say, run_on) if bench else None
         manifest = _manifest(source, spec, model, lowered, files, compatibility, verification, benchmark)
+        manifest["device"] = device
         bundle.write_json(staging / bundle.MANIFEST_FILE, manifest)
         bundle.write_json(staging / bundle.COMPATIBILITY_FILE, compatibility.to_dict())
         bundle.write_example(staging)
     return ExportResult(Path(output_dir), spec, manifest, compatibility)
 
 
-def _verify(reference: Any, exported: Path, feeds: Feeds, spec: TargetSpec, original: ir.Model) -> dict[str, Any]:
+def _device_provider(spec: TargetSpec, on_device: str) -> dict[str, Any]:
+    """Whether the bundle of a GPU target is checked on its own provider here (``usable``), or why not."""
+    from graphopt.export.on_device import provider_problem
+
+    if on_device not in ("auto", "require", "off"):
+        raise UsageError(f"on_device must be auto, require or off, not {on_device!r}")
+    provider = spec.provider
+    if provider in (None, "CPUExecutionProvider"):
+        return {"provider": provider, "usable": False, "reason": "CPU target"}
+    if on_device == "off":
+        return {"provider": provider, "usable": False, "reason": "not asked (--on-device off)"}
+    problem = provider_problem(provider)
+    if problem is not None and on_device == "require":
+        raise UnsupportedError(f"cannot check the bundle on its target here: {problem}")
+    return {"provider": provider, "usable": problem is None, "reason": problem or "ran on the target's provider"}
+
+
+def _placement(exported: Path, provider: str, feeds: Feeds, original: ir.Model) -> dict[str, Any]:
+    from graphopt.export.on_device import node_placement
+    from graphopt.feeds import iter_batches, validate_feeds
+
+    specs = input_specs(original)
+    first = next(iter(iter_batches(validate_feeds(feeds, specs), specs)))
+    return node_placement(exported, provider, first)
+
+
+def _verify(
+    reference: Any, exported: Path, feeds: Feeds, spec: TargetSpec, original: ir.Model, provider: str | None = None
+) -> dict[str, Any]:
     """Compare the exported model with the source (``reference``, a session at onnxruntime's ``basic`` level).
 
     The reference avoids onnxruntime's extended fusions, which change results on their own (blocked
     QDQ MatMuls become MatMulNBits with int8 activations). The exported model runs as deployed
-    (onnxruntime defaults) for CPU targets, and at ``basic`` too for the others, whose CPU run only
-    checks the graph's semantics.
+    (onnxruntime defaults) for CPU targets and on the target's ``provider`` when given, and at
+    ``basic`` on CPU for the others, whose CPU run only checks the graph's semantics.
     """
     import numpy as np
 
@@ -122,9 +163,9 @@ def _verify(reference: Any, exported: Path, feeds: Feeds, spec: TargetSpec, orig
     from graphopt.verify import compare_outputs
 
     cpu_target = spec.provider in (None, "CPUExecutionProvider")
-    level = "all" if spec.provider == "CPUExecutionProvider" else "basic"
+    level = "all" if spec.provider == "CPUExecutionProvider" or provider else "basic"
     try:
-        candidate = make_session(exported, optimization=level)
+        candidate = make_session(exported, optimization=level, provider=provider)
     except GraphoptError as exc:
         if cpu_target:  # never ship a CPU bundle that was not run
             raise UnsupportedError(f"onnxruntime on CPU cannot load the exported model: {exc}") from exc
@@ -161,8 +202,8 @@ def _verify(reference: Any, exported: Path, feeds: Feeds, spec: TargetSpec, orig
     data: dict[str, Any] = {
         "ran": True,
         "passed": all(o["passed"] for o in outputs),
-        "provider": "CPUExecutionProvider",
-        "reference": "source model, onnxruntime basic optimisation",
+        "provider": provider or "CPUExecutionProvider",
+        "reference": "source model, onnxruntime basic optimisation on CPU",
         "optimization": level,
         "atol": spec.atol,
         "rtol": spec.rtol,
@@ -171,7 +212,7 @@ def _verify(reference: Any, exported: Path, feeds: Feeds, spec: TargetSpec, orig
         "min_cosine": min((o["cosine"] for o in outputs), default=1.0),
         "outputs": outputs,
     }
-    if spec.provider not in (None, "CPUExecutionProvider"):
+    if spec.provider not in (None, "CPUExecutionProvider") and provider is None:
         data["note"] = (
             f"run on CPU; {spec.provider} is checked structurally only"
             + ("; the CPU provider computes float16 nodes it has no kernel for in float32" if spec.float16 else "")
@@ -188,13 +229,15 @@ def _numpy_type(ort_type: str) -> Any:
 
 
 def _bench(
-    source: Any, exported: Path, feeds: Feeds, threads: int | None, say: Callable[[str], None]
+    source: Any, exported: Path, feeds: Feeds, threads: int | None, say: Callable[[str], None],
+    provider: str | None = None,
 ) -> dict[str, Any]:
+    """Latency of the bundle over the source's, both on ``provider`` (default CPU), alternating in one worker."""
     from graphopt.bench import benchmark
 
-    say("measuring latency")
+    say(f"measuring latency on {provider or 'CPU'}")
     try:
-        report = benchmark([Path(source), exported], feeds, threads=threads, warmup=3, runs=15)
+        report = benchmark([Path(source), exported], feeds, threads=threads, provider=provider, warmup=3, runs=15)
     except GraphoptError as exc:  # e.g. the CPU cannot run a graph lowered for a GPU
         logger.warning("export: latency not measured: %s", exc)
         return {"error": str(exc)}
@@ -206,7 +249,7 @@ def _bench(
         "exported_median_ms": report.models[1].median_ms,
         "rounds": report.rounds,
         "threads": threads,
-        "provider": "CPUExecutionProvider",
+        "provider": provider or "CPUExecutionProvider",
         "onnxruntime": report.onnxruntime,
     }
 
