@@ -152,11 +152,13 @@ def run(packed: Path, out: Path) -> dict[str, Any]:
              str(packed / "feeds.npz")], capture_output=True, text=True, check=False, timeout=300)
         info["run_example"] = {"returncode": example.returncode, "stdout": example.stdout.strip().splitlines()[:3],
                                "stderr": example.stderr.strip()[-500:]}
+    machine = _common.machine_info()
+    machine["versions"]["onnxruntime"] = onnxruntime.__version__  # the package metadata may name another build
     return {
         "benchmark": "export_gpu",
         "settings": {"batch": BATCH, "sequence": SEQUENCE, "targets": list(TARGETS),
                      "sources": "fp32 and 4-bit MiniLM of bench/export_minilm.py, weights rounded to float16"},
-        "machine": _common.machine_info(),
+        "machine": machine,
         "device": info,
         "total_seconds": round(_common.elapsed(), 1),
         "sources": rows,

@@ -40,7 +40,7 @@ def provider_problem(provider: str) -> str | None:
     x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 2])
     y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 2])
     graph = onnx.helper.make_graph([onnx.helper.make_node("Add", ["x", "x"], ["y"])], "probe", [x], [y])
-    probe = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    probe = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)], ir_version=8)
     options = ort.SessionOptions()
     options.log_severity_level = 3
     try:
