@@ -52,6 +52,8 @@ _BUILTIN_PASS_MODULES = (
     "graphopt.rewrites.prune",
     "graphopt.rewrites.attention",
     "graphopt.rewrites.adapters",
+    "graphopt.export.lowering",
+    "graphopt.export.tensorrt",
 )
 
 

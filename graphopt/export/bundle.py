@@ -154,6 +154,9 @@ _EXAMPLE = '''"""Run this bundle's model with onnxruntime (needs numpy and onnxr
     python run_example.py                      # random feeds from the signature in manifest.json
     python run_example.py --inputs feeds.npz   # .npz keyed by input name
     python run_example.py --provider CUDAExecutionProvider
+
+Without --provider, the target's provider and its fallbacks (manifest.json) are tried in order,
+with the target's provider options; providers this onnxruntime lacks are skipped.
 """
 
 import argparse
@@ -194,17 +197,24 @@ def main(argv=None):
     manifest = json.loads((HERE / "manifest.json").read_text())
     parser = argparse.ArgumentParser(description="Run the exported model once and print its outputs.")
     parser.add_argument("--inputs", help=".npz feeds keyed by input name")
-    parser.add_argument("--provider", default=manifest["target"]["provider"] or "CPUExecutionProvider")
+    parser.add_argument("--provider", help="run on this provider only (then CPU)")
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--sequence", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    providers = [args.provider] if args.provider in ort.get_available_providers() else []
-    if not providers:
-        print(f"note: {args.provider} is not available here; running on CPU", file=sys.stderr)
+    target = manifest["target"]
+    wanted = [args.provider] if args.provider else [target["provider"] or "CPUExecutionProvider",
+                                                    *target.get("fallbacks", [])]
+    available = ort.get_available_providers()
+    providers = [p for p in wanted if p in available]
+    missing = [p for p in wanted if p not in available]
+    if missing:
+        print(f"note: {', '.join(missing)} not available here; using {', '.join(providers) or 'CPU'}", file=sys.stderr)
     if "CPUExecutionProvider" not in providers:
         providers.append("CPUExecutionProvider")
-    session = ort.InferenceSession(str(HERE / manifest["model"]["file"]), providers=providers)
+    options = target.get("provider_options") or {}
+    session = ort.InferenceSession(str(HERE / manifest["model"]["file"]),
+                                   providers=[(p, options.get(p, {})) for p in providers])
     if args.inputs:
         with np.load(args.inputs) as data:
             feeds = {name: data[name] for name in data.files}

@@ -1,6 +1,7 @@
 """Lowering a reference graph for one target, step by step, with a record of each step.
 
-The steps reuse what exists: the ``lower-matmulnbits`` pass (weight-only QDQ -> onnxruntime's
+The steps reuse what exists: the ``lower-tensorrt`` pass (:mod:`graphopt.export.tensorrt`), the
+``lower-matmulnbits`` pass (weight-only QDQ -> onnxruntime's
 ``MatMulNBits``), the registered float16 pass (:data:`graphopt.export.targets.FP16_PASS`),
 ``onnx.version_converter`` for opset conversion, and onnxruntime itself for its offline graph
 optimisation (``SessionOptions.optimized_model_filepath``) and the ``.ort`` format
@@ -70,6 +71,8 @@ def lower_model(
     work_dir.mkdir(parents=True, exist_ok=True)
     model = model.clone()
     steps: list[LoweringStep] = []
+    if spec.tensorrt:
+        steps.append(_tensorrt(model))
     if spec.matmulnbits:
         steps.append(_run_pass(model, "lower-matmulnbits", {}))
     if spec.float16:
@@ -102,6 +105,15 @@ def _run_pass(model: ir.Model, name: str, settings: dict[str, Any]) -> LoweringS
     changed = {op: after[op] - before[op] for op in sorted(set(before) | set(after)) if after[op] != before[op]}
     detail = f"op count changes: {changed}" if result.modified else "nothing to lower"
     return LoweringStep(name, bool(result.modified), detail, dict(settings))
+
+
+def _tensorrt(model: ir.Model) -> LoweringStep:
+    from graphopt.export.tensorrt import LowerTensorrtPass
+
+    lower = LowerTensorrtPass()
+    result = lower(model)
+    detail = "; ".join(f"{count} {what}" for what, count in sorted(lower.report.items())) or "nothing to lower"
+    return LoweringStep(lower.name, bool(result.modified), detail, lower.settings.to_dict())
 
 
 def _float16(model: ir.Model) -> LoweringStep:

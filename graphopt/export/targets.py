@@ -34,9 +34,11 @@ class TargetSpec:
     unsupported nodes to, in order. ``check`` says how compatibility is decided: ``"probe"``
     (onnxruntime's CPU kernel registry, asked by creating sessions here) or ``"structural"``
     (documented support tables, :mod:`graphopt.export._tables`). The lowering fields are applied
-    in this order: ``matmulnbits`` (weight-only QDQ -> ``MatMulNBits``), ``float16``, ``opset``
+    in this order: ``tensorrt`` (QDQ placement and symmetric types for TensorRT,
+    :mod:`graphopt.export.tensorrt`), ``matmulnbits`` (weight-only QDQ -> ``MatMulNBits``), ``float16``, ``opset``
     (``onnx.version_converter``), ``ort_optimization`` (onnxruntime's offline graph optimisation,
-    saved), ``ort_format`` (the ``.ort`` flatbuffer).
+    saved), ``ort_format`` (the ``.ort`` flatbuffer). ``provider_options`` are the options the
+    bundle's example passes to ``provider`` (``(key, value)`` pairs).
     """
 
     name: str
@@ -44,6 +46,7 @@ class TargetSpec:
     provider: str | None
     fallbacks: tuple[str, ...]
     check: str
+    tensorrt: bool = False
     matmulnbits: bool = False
     float16: bool = False
     opset: int | None = None
@@ -51,6 +54,7 @@ class TargetSpec:
     ort_format: bool = False
     atol: float = 1e-4
     rtol: float = 1e-3
+    provider_options: tuple[tuple[str, str], ...] = ()
 
     @property
     def model_file(self) -> str:
@@ -60,6 +64,7 @@ class TargetSpec:
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["fallbacks"] = list(self.fallbacks)
+        data["provider_options"] = {self.provider: dict(self.provider_options)} if self.provider_options else {}
         data["model_file"] = self.model_file
         return data
 
@@ -81,10 +86,15 @@ _FIXED = {
         "onnxruntime CUDA: MatMulNBits, float16 compute with float32 kept for sensitive ops",
         _CUDA, (_CPU,), "structural", matmulnbits=True, float16=True, atol=5e-2, rtol=5e-2,
     ),
+    # Symmetric re-quantization of asymmetric activations changes results (by up to a quantization step of
+    # the widened range), hence tolerances like CUDA's float16. TensorRT builds explicit Q/DQ networks only
+    # with its INT8 flag set; the FP16 flag lets it run the layers left in float in float16.
     "ort-tensorrt": TargetSpec(
         "ort-tensorrt",
-        "onnxruntime TensorRT: standard ONNX ops and explicit symmetric QDQ kept for TensorRT to fuse",
-        _TRT, (_CUDA, _CPU), "structural",
+        "onnxruntime TensorRT: explicit symmetric int8 QDQ on the inputs of the ops TensorRT runs in int8, "
+        "standard ONNX ops, float16 for the rest in TensorRT",
+        _TRT, (_CUDA, _CPU), "structural", tensorrt=True, atol=5e-2, rtol=5e-2,
+        provider_options=(("trt_int8_enable", "True"), ("trt_fp16_enable", "True")),
     ),
     "ort-format": TargetSpec(
         "ort-format",
