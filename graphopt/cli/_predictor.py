@@ -7,7 +7,8 @@ import time
 
 from graphopt.cli._common import emit_json, progress
 
-_MODELS = ("forest", "gbm", "ridge", "mlp", "mix")  # graphopt.predict.MODEL_KINDS, kept here for a fast --help
+# graphopt.predict.MODEL_KINDS, kept here for a fast --help
+_MODELS = ("forest", "gbm", "ridge", "mlp", "mix", "rankgbm", "ens")
 _GROUPS = ("onehot", "structural", "text")
 
 
@@ -36,7 +37,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--seed", type=int, default=0, help="seed for the row draw and the models (default 0)")
     train.add_argument("-o", "--output", metavar="PRED", required=True, help="predictor file to write")
     train.add_argument("--model", choices=_MODELS, default="mix",
-                       help="regressor: forest, gbm, ridge, mlp (pairwise ranking loss) or mix (gbm + mlp; default)")
+                       help="regressor: forest, gbm, ridge, mlp (pairwise ranking loss), mix (gbm + mlp; default), "
+                       "rankgbm (trees boosted on a pairwise ranking loss) or ens (gbm + mlp + rankgbm)")
     train.add_argument("--features", metavar="G1,G2",
                        help=f"feature groups among {', '.join(_GROUPS)} "
                        "(default: onehot,structural with --space, structural without)")

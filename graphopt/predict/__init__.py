@@ -6,8 +6,9 @@
 :data:`LIVE_FEATURE_NAMES`) describes the computation that really reaches the output.
 ``train_predictor`` fits an ensemble predictor of accuracy or latency on (architecture or ONNX
 graph, target) pairs (:mod:`~graphopt.predict.dataset` for labels and features,
-:mod:`~graphopt.predict.models` for the regressors, :mod:`~graphopt.predict.embed` for MiniLM
-embeddings of encodings); ``save_predictor`` / ``load_predictor`` store it in one file.
+:mod:`~graphopt.predict.models` and :mod:`~graphopt.predict.rankboost` for the regressors,
+:mod:`~graphopt.predict.embed` for MiniLM embeddings of encodings); ``save_predictor`` /
+``load_predictor`` store it in one file.
 """
 
 from graphopt.predict.dataset import FEATURE_GROUPS, FeatureSpec, Featurizer, Labels, load_labels

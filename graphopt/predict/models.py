@@ -10,6 +10,8 @@ spread over ensemble members:
             (:func:`graphopt.predict.ranking.pairwise_logistic_loss`), one per seed; each member's
             scores are mapped to the target's units by a least-squares line fitted on the training set.
 ``mix``     ``gbm`` and ``mlp`` together: each member of both counts as one member.
+``rankgbm`` trees boosted on a gap-weighted pairwise ranking loss (:mod:`graphopt.predict.rankboost`).
+``ens``     ``gbm``, ``mlp`` and ``rankgbm`` members pooled (:mod:`graphopt.predict.rankboost`).
 
 Models hold their state as plain arrays (``state()`` / ``from_state()``), except the tree models,
 whose fitted scikit-learn objects are pickled by :mod:`graphopt.predict.persistence`.
@@ -26,7 +28,7 @@ from graphopt.errors import UsageError
 
 __all__ = ["MODEL_KINDS", "RegressionModel", "create_model", "model_from_state"]
 
-MODEL_KINDS = ("forest", "gbm", "ridge", "mlp", "mix")
+MODEL_KINDS = ("forest", "gbm", "ridge", "mlp", "mix", "rankgbm", "ens")
 
 
 class RegressionModel(abc.ABC):
@@ -273,6 +275,12 @@ def create_model(kind: str, *, members: int = 5, seed: int = 0, epochs: int = 30
         return RankMLP(members=members, seed=seed, epochs=epochs)
     if kind == "mix":
         return MixModel(members=members, seed=seed, epochs=epochs)
+    if kind in ("rankgbm", "ens"):
+        from graphopt.predict.rankboost import EnsembleModel, RankBoostModel
+
+        if kind == "ens":
+            return EnsembleModel(members=members, seed=seed, epochs=epochs)
+        return RankBoostModel(members=members, seed=seed)
     raise UsageError(f"unknown predictor model {kind!r} (choose from {', '.join(MODEL_KINDS)})")
 
 
