@@ -22,14 +22,21 @@ alternating run per fraction) next to the unpruned network. Healing: every prune
 with the executor on the training split (cross-entropy on the labels, ``DIGITS_HEAL_STEPS`` steps at
 batch 64); the unpruned network gets the same extra training as a control.
 
+Hidden channels (``prune-hidden``, Minitron's embedding-channel pruning, 25/50% of the 384 channels of
+the residual stream): the sentence embedding shrinks with the stream, so its cosine to the unpruned
+embedding is taken with the removed channels as zeros (the pruned vector scattered back into 384
+dimensions at the kept indices); NN agreement needs no such choice. Every importance method is
+distilled, towards the unpruned embeddings' kept channels.
+
 Extras: ThinK (25/50% of the query/key channels) and unstructured 50% / 2:4 masked sparsity on MiniLM,
 with the same fidelity measures and latency (onnxruntime's CPU kernels are dense: no gain expected).
 
-    .venv/bin/python bench/prune_minilm.py [--quick] [--only minilm|digits|extras|heal]
+    .venv/bin/python bench/prune_minilm.py [--quick] [--only minilm|digits|extras|heal|hidden]
 
 ``--only`` reruns one part and keeps the other part's results from the existing JSON file; ``--only
 heal`` recomputes the pruned MiniLM models (pruning is deterministic: their cosine must equal the
-stored rows) and adds the healed measures to the stored rows.
+stored rows) and adds the healed measures to the stored rows; ``--only hidden`` (re)measures only the
+hidden-channel rows, with their own latency run against the unpruned model, and merges them in.
 """
 
 from __future__ import annotations
@@ -61,7 +68,10 @@ CONFIGS: list[tuple[str, dict[str, Any]]] = [
     ("heads+mlp 50%", {"heads": 0.5, "mlp": 0.5}),
     ("1 layer", {"layers": 1}),
     ("2 layers", {"layers": 2}),
+    ("hidden 25%", {"hidden": 0.25}),
+    ("hidden 50%", {"hidden": 0.5}),
 ]
+HIDDEN_CONFIGS = [c for c in CONFIGS if "hidden" in c[1]]
 METHODS = ("activation", "magnitude", "wanda", "random")
 CHANNEL_FRACTIONS = (0.25, 0.5, 0.75)
 HEAL_STEPS, HEAL_LR, HEAL_BATCH, HEAL_SEQUENCE = 40, 1e-4, 8, 64
@@ -79,12 +89,38 @@ def _scores(ref: np.ndarray, out: np.ndarray) -> dict[str, float]:
             "nn_agreement": float((sim_a.argmax(axis=1) == sim_b.argmax(axis=1)).mean())}
 
 
+def _kept(model: Any) -> list[int] | None:
+    """The original indices of the embedding channels that hidden pruning kept (None: all)."""
+    import json
+
+    from graphopt.rewrites.prune.hidden import HIDDEN_KEY
+
+    raw = model.metadata_props.get(HIDDEN_KEY)
+    return json.loads(raw)["sentence_embedding"] if raw else None
+
+
 def _embed(model: Any, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    """Sentence embeddings; after hidden pruning scattered back to 384 dims, removed channels as 0."""
     from graphopt.runtime import make_session
 
     session = make_session(model, threads=THREADS)
     parts = [session.run(None, {k: v[i:i + 16] for k, v in feeds.items()})[0] for i in range(0, EVAL, 16)]
-    return np.concatenate(parts)
+    out = np.concatenate(parts)
+    kept = _kept(model)
+    if kept is None:
+        return out
+    full = np.zeros((len(out), 384), dtype=out.dtype)
+    full[:, kept] = out
+    return full
+
+
+def _kept_cosine(model: Any, reference: np.ndarray, embedded: np.ndarray) -> float | None:
+    """Mean cosine on the kept channels only (hidden pruning), else None."""
+    kept = _kept(model)
+    if kept is None:
+        return None
+    a, b = reference[:, kept], embedded[:, kept]
+    return float(((a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))).mean())
 
 
 def _heal_data(original: Path) -> dict[str, np.ndarray]:
@@ -110,14 +146,19 @@ def _heal(model: Any, data: dict[str, np.ndarray], evaluation: dict[str, np.ndar
     from graphopt.executor import finetune
 
     torch.set_num_threads(1)
+    kept = _kept(model)
+    if kept is not None:  # distil towards the teacher's kept channels
+        data = {k: v[:, kept] if k == "sentence_embedding" else v for k, v in data.items()}
     result = finetune(model, data, trainable="all", steps=HEAL_STEPS, lr=HEAL_LR, batch_size=HEAL_BATCH,
                       loss="cosine", seed=0)
-    return {**_scores(reference, _embed(model, evaluation)), "train_loss_before": result.loss_before,
+    embedded = _embed(model, evaluation)
+    extra = {"kept_cosine": _kept_cosine(model, reference, embedded)} if kept is not None else {}
+    return {**_scores(reference, embedded), **extra, "train_loss_before": result.loss_before,
             "train_loss_after": result.loss_after, "seconds": round(result.seconds, 1)}
 
 
 def _heals(label: str, method: str) -> bool:
-    return method == "activation" or label == HEAL_ALL_AT
+    return method == "activation" or label == HEAL_ALL_AT or label.startswith("hidden")
 
 
 def _log_heal(row: dict[str, Any]) -> None:
@@ -127,7 +168,7 @@ def _log_heal(row: dict[str, Any]) -> None:
         f"({healed['seconds']:.0f} s)")
 
 
-def run(quick: bool) -> dict[str, Any]:
+def run(quick: bool, configs: list[tuple[str, dict[str, Any]]] = CONFIGS) -> dict[str, Any]:
     from graphopt._io import load_model, save_model
     from graphopt.analysis import summarize
     from graphopt.bench import benchmark
@@ -149,15 +190,18 @@ def run(quick: bool) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     latency_paths: list[Path] = [original]
     latency_rows: list[str] = ["unpruned"]
-    for label, options in CONFIGS:
+    for label, options in configs:
         for method in METHODS:
             if "layers" in options and method == "wanda":
                 continue  # wanda scores weights, not whole blocks
             model = load_model(original)
             result = prune(model, importance=method, feeds=calib, **options)
-            row = {"config": label, "importance": method, **options, **_scores(reference, _embed(model, evaluation)),
+            embedded = _embed(model, evaluation)
+            row = {"config": label, "importance": method, **options, **_scores(reference, embedded),
                    "parameters": result.parameters_after, "parameter_ratio": result.parameters_after / base_params,
                    "mac_ratio": summarize(model).macs / base_macs, "skipped": list(result.skipped)}
+            if _kept(model) is not None:
+                row["kept_cosine"] = _kept_cosine(model, reference, embedded)
             rows.append(row)
             log(f"{label:14s} {method:10s} cosine {row['mean_cosine']:.4f} nn {row['nn_agreement']:.3f} "
                 f"params {row['parameter_ratio']:.3f} macs {row['mac_ratio']:.3f}")
@@ -182,7 +226,19 @@ def run(quick: bool) -> dict[str, Any]:
     return {"model": "all-MiniLM-L6-v2 (dynamo export)", "calibration_sentences": CALIB,
             "evaluation_sentences": EVAL, "sequence": SEQUENCE, "threads": THREADS,
             "parameters": base_params, "macs": base_macs, "unpruned_latency_ms": report.models[0].median_ms,
-            "rows": rows, "goals": _goals(rows), "heal": _heal_settings(), "machine": _common.machine_info()}
+            "rows": rows, "goals": _goals(rows) if configs is CONFIGS else {}, "heal": _heal_settings(),
+            "machine": _common.machine_info()}
+
+
+def merge_hidden(data: dict[str, Any], quick: bool) -> None:
+    """Measure only the hidden-channel rows (own latency run) and merge them into ``data``; in place."""
+    new = run(quick, HIDDEN_CONFIGS)
+    labels = {label for label, _ in HIDDEN_CONFIGS}
+    for row in new["rows"]:
+        row["run"] = "hidden"
+    data["rows"] = [r for r in data["rows"] if r["config"] not in labels] + new["rows"]
+    data["goals"] = _goals(data["rows"])
+    data["hidden_run"] = {"unpruned_latency_ms": new["unpruned_latency_ms"], "machine": new["machine"]}
 
 
 def _heal_settings() -> dict[str, Any]:
@@ -410,7 +466,7 @@ def _goals(rows: list[dict[str, Any]]) -> dict[str, Any]:
     for config, _ in CONFIGS:
         by = {r["importance"]: r["mean_cosine"] for r in rows if r["config"] == config}
         for other in ("magnitude", "random"):
-            if other in by:
+            if other in by and "activation" in by:
                 (wins if by["activation"] > by[other] else losses).append(f"{config} vs {other}")
     return {"heads+mlp 50% latency <= 0.6x": {"value": lat, "met": lat <= 0.6},
             "heads+mlp 50% MAC ratio": both["mac_ratio"],
@@ -434,6 +490,20 @@ def _markdown(data: dict[str, Any]) -> str:
             f"method at {HEAL_ALL_AT}; '-' not distilled."
             + (" Distilled in a later run (`--only heal`), from the same pruned models." if "heal_machine" in data
                else ""), ""]
+    hidden_run = data.get("hidden_run")
+    if hidden_run:
+        lines += [
+            "The `hidden` rows come from a separate run (`--only hidden`, "
+            f"{hidden_run['machine']['date'][:16].replace('T', ' ')} UTC): their latency is relative to the unpruned "
+            f"model measured in that run ({hidden_run['unpruned_latency_ms']:.1f} ms, load average "
+            f"{hidden_run['machine']['load_average'][0]:.1f} on {hidden_run['machine']['cpu_count']} CPUs); every "
+            "other row comes from the run above.", ""]
+    if any(r["config"].startswith("hidden") for r in data["rows"]):
+        lines += [
+            "Hidden rows: the 384-d embedding becomes 288-d (25%) or 192-d (50%), and LayerNorm normalises over "
+            "the kept channels only. Their cosine is to the unpruned embedding with the removed channels as "
+            "zeros; the cosine on the kept channels alone is listed below the table. Every importance method "
+            "is distilled (towards the kept channels of the unpruned embedding).", ""]
     lines += [
         "| config | importance | mean cosine | min cosine | NN agreement | cosine after distillation | "
         "NN after distillation | params | MACs | latency |",
@@ -446,6 +516,12 @@ def _markdown(data: dict[str, Any]) -> str:
         lines.append(f"| {r['config']} | {r['importance']} | {r['mean_cosine']:.4f} | {r['min_cosine']:.4f} | "
                      f"{r['nn_agreement']:.3f} | {after} | {r['parameter_ratio']:.3f} | {r['mac_ratio']:.3f} | "
                      f"{lat['median']:.3f} ({lat['p10']:.2f}-{lat['p90']:.2f}) |")
+    kept_rows = [r for r in data["rows"] if "kept_cosine" in r]
+    if kept_rows:
+        lines += ["", "Hidden rows, mean cosine on the kept channels only (before -> after distillation): "
+                  + "; ".join(f"{r['config']} {r['importance']} {r['kept_cosine']:.4f}"
+                              + (f" -> {r['healed']['kept_cosine']:.4f}" if "healed" in r else "")
+                              for r in kept_rows)]
     goals = data["goals"]
     lines += ["", "Goals:",
               f"- heads+mlp 50%: latency {goals['heads+mlp 50% latency <= 0.6x']['value']:.3f}x "
@@ -499,8 +575,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer latency rounds")
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"), help="results folder")
-    parser.add_argument("--only", choices=("minilm", "digits", "extras", "heal"),
-                        help="rerun one part, keep the others (heal: distil the stored MiniLM rows again)")
+    parser.add_argument("--only", choices=("minilm", "digits", "extras", "heal", "hidden"),
+                        help="rerun one part, keep the others (heal: distil the stored MiniLM rows again; "
+                        "hidden: measure the hidden-channel rows and merge them in)")
     args = parser.parse_args()
     out = Path(args.out)
     if args.only:
@@ -516,6 +593,8 @@ def main() -> None:
         data["extras"] = run_extras(args.quick)
     if args.only == "heal":
         run_heal(data)
+    if args.only == "hidden":
+        merge_hidden(data, args.quick)
     _common.write_json(out / "prune_minilm.json", data)
     _common.write_atomic(out / "prune_minilm.md", _markdown(data))
     print(_markdown(data))

@@ -1,11 +1,12 @@
-"""Pruning facade: ``prune(model, heads=..., mlp=..., layers=...)`` and ``extract_subnetwork``.
+"""Pruning facade: ``prune(model, heads=..., mlp=..., layers=..., think=..., hidden=...)`` and ``extract_subnetwork``.
 
-``prune`` runs ``prune-layers``, ``prune-heads`` and ``prune-mlp`` (in that order, each recorded in
-the model's provenance) and reports parameters before and after and the blocks it had to skip.
-``extract_subnetwork`` cuts the sub-network of a transformer graph that an architecture search
-asks for: the layers kept, and per kept layer the number of heads (KV groups under grouped-query
-attention) and the MLP width, keeping the most important units; for a convolutional network, the
-output channels of each prunable convolution.
+``prune`` runs ``prune-layers``, ``prune-heads``, ``prune-mlp``, ``prune-key-channels`` (ThinK) and
+``prune-hidden`` (in that order, each recorded in the model's provenance) and reports parameters before
+and after and the blocks it had to skip. ``extract_subnetwork`` cuts the sub-network of a transformer
+graph that an architecture search asks for: the layers kept, per kept layer the number of heads (KV
+groups under grouped-query attention) and the MLP width, and the hidden width, keeping the most
+important units; for a convolutional network, the output channels of each prunable convolution, or
+of every prunable convolution of each stage (:func:`conv_stages`).
 """
 
 from __future__ import annotations
@@ -22,17 +23,21 @@ from graphopt.errors import UsageError
 from graphopt.passes import run_passes
 from graphopt.rewrites.prune import (
     PruneHeadsPass,
+    PruneHiddenPass,
+    PruneKeyChannelsPass,
     PruneLayersPass,
     PruneMlpPass,
     analyze,
     drop_layers,
+    hidden_groups,
     prune_head_group,
+    prune_hidden_group,
     prune_mlp_group,
 )
 from graphopt.rewrites.prune._base import finish, top_units
 from graphopt.rewrites.prune._importance import METHODS, head_scores, mlp_scores
 
-__all__ = ["PruneResult", "extract_subnetwork", "parameter_count", "prune"]
+__all__ = ["ConvStagePlan", "PruneResult", "conv_stages", "extract_subnetwork", "parameter_count", "prune"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,25 +68,35 @@ def prune(
     heads: float = 0.0,
     mlp: float = 0.0,
     layers: int = 0,
+    think: float = 0.0,
+    hidden: float = 0.0,
     importance: str = "magnitude",
     feeds: Mapping[str, np.ndarray] | None = None,
     calibration: str = "",
     seed: int = 0,
 ) -> PruneResult:
-    """Prune ``model`` in place: drop ``layers`` layers, then ``heads`` and ``mlp`` fractions per block.
+    """Prune ``model`` in place: drop ``layers`` layers, then ``heads`` and ``mlp`` fractions per block,
+    ``think`` of every head's query/key channels (ThinK) and ``hidden`` of the residual stream's channels.
 
     ``importance`` is one of ``activation``, ``magnitude``, ``wanda``, ``random``; the data-driven
     ones (activation, wanda) read ``feeds`` (arrays keyed by input name) or the ``calibration`` .npz path.
-    Layers are scored with ``activation`` (block importance) when ``importance`` is ``wanda``.
+    Layers are scored with ``activation`` (block importance) when ``importance`` is ``wanda``; ThinK
+    accepts only ``activation`` and ``magnitude``. Hidden pruning shrinks a graph output that carries the
+    stream (a sentence embedding: ``H -> H - round(hidden * H)`` dimensions).
     """
     if importance not in METHODS:
         raise UsageError(f"unknown importance {importance!r}; choose from {', '.join(METHODS)}")
+    if think and importance not in ("activation", "magnitude"):
+        raise UsageError(f"ThinK ranks key channels by activation or magnitude, not {importance}")
     before = parameter_count(model)
     layer_method = "activation" if importance == "wanda" else importance
     passes = [
         PruneLayersPass(count=layers, importance=layer_method, calibration=calibration, seed=seed),
         PruneHeadsPass(fraction=heads, importance=importance, calibration=calibration, seed=seed),
         PruneMlpPass(fraction=mlp, importance=importance, calibration=calibration, seed=seed),
+        PruneKeyChannelsPass(fraction=think, importance=importance if think else "magnitude",
+                             calibration=calibration, seed=seed),
+        PruneHiddenPass(fraction=hidden, importance=importance, calibration=calibration, seed=seed),
     ]
     applied: list[str] = []
     skipped: list[str] = []
@@ -110,16 +125,33 @@ def extract_subnetwork(
     layers: Sequence[int] | None = None,
     heads: int | Sequence[int] | None = None,
     mlp: int | Sequence[int] | None = None,
+    hidden: int | None = None,
     channels: Sequence[int] | None = None,
+    stages: Sequence[int] | None = None,
     importance: str = "magnitude",
     feeds: Mapping[str, np.ndarray] | None = None,
     seed: int = 0,
 ) -> ir.Model:
     """The sub-network of ``model`` (a transformer graph) with ``layers`` kept (indices, default all),
     ``heads`` units and ``mlp`` hidden neurons per kept layer (one number for all, or one per kept
-    layer; ``None`` keeps them whole); for a CNN, ``channels`` output channels for each prunable
-    convolution in graph order. Returns a new model; ``model`` is not modified.
+    layer; ``None`` keeps them whole) and ``hidden`` channels of the residual stream; for a CNN,
+    ``channels`` output channels for each prunable convolution in graph order, or ``stages``: one
+    channel count per stage of :func:`conv_stages`, kept by every prunable convolution of that stage
+    (a convolution narrower than the count keeps all of its channels). Returns a new model; ``model``
+    is not modified.
     """
+    if channels is not None and stages is not None:
+        raise UsageError("give channels (per convolution) or stages (per stage), not both")
+    if stages is not None:
+        plans = conv_stages(model)
+        if len(stages) != len(plans):
+            raise UsageError(f"stages: {len(stages)} values for {len(plans)} stages with prunable convolutions")
+        per_conv: list[int] = []
+        for plan, count in zip(plans, stages):
+            if not 1 <= int(count) <= max(plan.widths):
+                raise UsageError(f"stage {plan.index}: channels must be in [1, {max(plan.widths)}], got {count}")
+            per_conv.extend(min(int(count), width) for width in plan.widths)
+        return _conv_subnetwork(model, per_conv, importance, feeds, seed, record={"stages": [int(c) for c in stages]})
     if channels is not None:
         return _conv_subnetwork(model, channels, importance, feeds, seed)
     work = model.clone()
@@ -150,7 +182,9 @@ def extract_subnetwork(
         scores = mlp_scores(work, mgroups, importance, feeds, seed)
         for m in mgroups:
             prune_mlp_group(work, m, top_units(scores[m.index], mlp_counts[m.index]).tolist())
-    if head_counts or mlp_counts:
+    if hidden is not None:
+        _keep_hidden(work, int(hidden), importance, feeds, seed)
+    if head_counts or mlp_counts or hidden is not None:
         finish(work)
     dropped = [i for i in range(count) if i not in kept]
     if dropped:
@@ -161,13 +195,84 @@ def extract_subnetwork(
         drop_layers(work, [g for g in layer_groups if g.index in dropped])
     provenance.record_pass(work, "extract-subnetwork", {
         "layers": kept, "heads": head_counts and [head_counts[i] for i in kept],
-        "mlp": mlp_counts and [mlp_counts[i] for i in kept], "importance": importance, "seed": seed,
+        "mlp": mlp_counts and [mlp_counts[i] for i in kept], "hidden": hidden, "importance": importance,
+        "seed": seed,
     })
     return work
 
 
+def _keep_hidden(model: ir.Model, count: int, importance: str, feeds: Mapping[str, np.ndarray] | None,
+                 seed: int) -> None:
+    from graphopt.rewrites.prune.hidden import hidden_scores
+
+    groups = hidden_groups(model)
+    if not groups:
+        raise UsageError("hidden: no residual stream found")
+    for group in groups:
+        if group.reason is not None:
+            raise UsageError(f"hidden: residual stream {group.index} cannot be pruned: {group.reason}")
+        if not 1 <= count <= group.width:
+            raise UsageError(f"hidden must be in [1, {group.width}], got {count}")
+    for group in groups:
+        scores = hidden_scores(model, group, importance, feeds, seed)
+        prune_hidden_group(model, group, top_units(scores, count).tolist())
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvStagePlan:
+    """One stage of a CNN for sub-network extraction: the prunable convolutions (``prune-channels``
+    groups) between two downsampling points, i.e. whose outputs have one spatial resolution; their
+    output widths, and the convolutions of the stage that cannot be pruned alone (with the reason,
+    e.g. the ones whose outputs a residual ``Add`` couples)."""
+
+    index: int
+    resolution: tuple[int, ...] | None
+    convs: tuple[str, ...]
+    widths: tuple[int, ...]
+    fixed: tuple[str, ...]
+
+    @property
+    def search(self) -> tuple[int, ...]:
+        """Channel counts a search may pick for the stage: 25%, 50%, 75% and 100% of its widest conv."""
+        top = max(self.widths)
+        return tuple(sorted({max(1, round(top * f)) for f in (0.25, 0.5, 0.75, 1.0)}))
+
+
+def conv_stages(model: ir.Model, shapes: Mapping[str, tuple[int, ...]] | None = None) -> list[ConvStagePlan]:
+    """The stages of a CNN: convolutions in graph order, a new stage wherever the spatial resolution of
+    their outputs changes (a strided convolution or a pooling downsampled). Only stages holding at least one
+    prunable convolution are returned; ``shapes`` fixes input shapes (dynamic dims default as in
+    :func:`graphopt.analysis.concrete_copy`)."""
+    from graphopt.analysis import concrete_copy
+    from graphopt.analysis._shapes import static_shape
+    from graphopt.rewrites.prune.channels import channel_groups
+
+    work = concrete_copy(model, shapes).model
+    resolution: dict[str, tuple[int, ...] | None] = {}
+    for node in work.graph:
+        if node.op_type == "Conv" and node.name:
+            out = static_shape(node.outputs[0])
+            resolution[node.name] = tuple(out[2:]) if out is not None and len(out) > 2 else None
+    stages: list[list[Any]] = []
+    current: tuple[int, ...] | None = None
+    for group in channel_groups(model):
+        here = resolution.get(group.conv.name or "")
+        if not stages or here != current:
+            stages.append([here, [], [], []])
+            current = here
+        stage = stages[-1]
+        if group.reason is None:
+            stage[1].append(group.conv.name or "")
+            stage[2].append(group.channels)
+        else:
+            stage[3].append(f"{group.conv.name}: {group.reason}")
+    plans = [s for s in stages if s[1]]
+    return [ConvStagePlan(i, s[0], tuple(s[1]), tuple(s[2]), tuple(s[3])) for i, s in enumerate(plans)]
+
+
 def _conv_subnetwork(model: ir.Model, channels: Sequence[int], importance: str,
-                     feeds: Mapping[str, np.ndarray] | None, seed: int) -> ir.Model:
+                     feeds: Mapping[str, np.ndarray] | None, seed: int,
+                     record: Mapping[str, Any] | None = None) -> ir.Model:
     from graphopt.rewrites.prune.channels import channel_groups, channel_scores, prune_channel_group
 
     work = model.clone()
@@ -181,6 +286,6 @@ def _conv_subnetwork(model: ir.Model, channels: Sequence[int], importance: str,
     for group, count, score in zip(groups, channels, scores):
         prune_channel_group(work, group, top_units(score, int(count)).tolist())
     finish(work)
-    provenance.record_pass(work, "extract-subnetwork", {"channels": [int(c) for c in channels],
+    provenance.record_pass(work, "extract-subnetwork", {**(record or {}), "channels": [int(c) for c in channels],
                                                         "importance": importance, "seed": seed})
     return work

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,8 @@ from graphopt.analysis import summarize
 from graphopt.errors import UsageError
 from graphopt.feeds import input_specs, synthesize_feeds
 from graphopt.provenance import read_provenance
-from graphopt.prune import extract_subnetwork, parameter_count, prune
+from graphopt.prune import conv_stages, extract_subnetwork, parameter_count, prune
+from graphopt.rewrites.prune.hidden import HIDDEN_KEY
 from graphopt.runtime import make_session
 from tests.rewrites.prune._toy import toy_transformer, transformer_feeds
 
@@ -65,6 +67,63 @@ def test_extract_conv_subnetwork_channels_per_conv() -> None:
         extract_subnetwork(model, channels=[3])
 
 
+def _stage_cnn() -> ir.Model:
+    """``x [N, 3, 8, 8]``: conv a(8) - conv b(6) at 8x8, max pool, conv c(8) and conv d(8) at 4x4 with
+    ``d(c(x)) + c(x)`` (a residual couples c and d), global average pool, Gemm(5)."""
+    import onnx
+    import onnx.helper as oh
+    import onnx.numpy_helper as onh
+
+    rng = np.random.default_rng(0)
+    shapes = {"a": (8, 3), "b": (6, 8), "c": (8, 6), "d": (8, 8)}
+    inits = [onh.from_array((rng.standard_normal((o, i, 3, 3)) / 5).astype(np.float32), f"{n}.w")
+             for n, (o, i) in shapes.items()]
+    inits.append(onh.from_array(rng.standard_normal((5, 8)).astype(np.float32), "fc.w"))
+    pads = [1, 1, 1, 1]
+    nodes = [oh.make_node("Conv", ["x", "a.w"], ["a"], name="a", pads=pads), oh.make_node("Relu", ["a"], ["ar"]),
+             oh.make_node("Conv", ["ar", "b.w"], ["b"], name="b", pads=pads), oh.make_node("Relu", ["b"], ["br"]),
+             oh.make_node("MaxPool", ["br"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+             oh.make_node("Conv", ["p", "c.w"], ["c"], name="c", pads=pads),
+             oh.make_node("Conv", ["c", "d.w"], ["d"], name="d", pads=pads), oh.make_node("Add", ["d", "c"], ["s"]),
+             oh.make_node("GlobalAveragePool", ["s"], ["g"]), oh.make_node("Flatten", ["g"], ["f"]),
+             oh.make_node("Gemm", ["f", "fc.w"], ["y"], transB=1, name="fc")]
+    graph = oh.make_graph(nodes, "stages", [oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 3, 8, 8])],
+                          [oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 5])], inits)
+    return ir.from_proto(oh.make_model(graph, opset_imports=[oh.make_opsetid("", 18)], ir_version=9))
+
+
+def test_conv_stages_split_at_downsampling_and_list_coupled_convs() -> None:
+    from tests.rewrites.prune._toy import toy_cnn
+
+    assert [(s.resolution, s.convs, s.widths) for s in conv_stages(toy_cnn())] == [
+        ((8, 8), ("conv1",), (8,)), ((4, 4), ("conv2",), (8,))]
+    (stage,) = conv_stages(_stage_cnn())  # c and d share the residual Add: the 4x4 stage has nothing prunable
+    assert (stage.resolution, stage.convs, stage.widths, stage.fixed) == ((8, 8), ("a", "b"), (8, 6), ())
+    assert stage.search == (2, 4, 6, 8)
+
+
+def test_extract_conv_subnetwork_channels_per_stage() -> None:
+    from tests.rewrites.prune._toy import toy_cnn
+
+    model = toy_cnn()
+    by_stage = extract_subnetwork(model, stages=[2, 6])
+    by_conv = extract_subnetwork(model, channels=[2, 6])
+    feeds = {"x": np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)}
+    np.testing.assert_array_equal(make_session(by_stage).run(None, feeds)[0], make_session(by_conv).run(None, feeds)[0])
+    assert read_provenance(by_stage)[-1]["settings"]["stages"] == [2, 6]
+    # One count for the whole stage; the 6-channel conv b keeps all of its channels when asked for 7.
+    sub = extract_subnetwork(_stage_cnn(), stages=[7])
+    widths = {n.name: n.inputs[1].const_value.shape[0] for n in sub.graph if n.op_type == "Conv"}  # type: ignore[union-attr]
+    assert widths == {"a": 7, "b": 6, "c": 8, "d": 8}
+    assert make_session(sub).run(None, feeds)[0].shape == (2, 5)
+    with pytest.raises(UsageError, match="1 values for 2 stages"):
+        extract_subnetwork(model, stages=[3])
+    with pytest.raises(UsageError, match=r"stage 0: channels must be in \[1, 8\]"):
+        extract_subnetwork(model, stages=[9, 2])
+    with pytest.raises(UsageError, match="not both"):
+        extract_subnetwork(model, stages=[2, 2], channels=[2, 2])
+
+
 def test_extract_subnetwork_rejects_impossible_requests() -> None:
     model = toy_transformer()
     with pytest.raises(UsageError, match="layers must be indices"):
@@ -75,6 +134,10 @@ def test_extract_subnetwork_rejects_impossible_requests() -> None:
         extract_subnetwork(model, layers=[0], mlp=[4, 4])
     with pytest.raises(UsageError, match="unknown importance"):
         prune(model, heads=0.5, importance="taylor")
+    with pytest.raises(UsageError, match="the hidden channels reach graph input"):
+        extract_subnetwork(model, hidden=8)
+    with pytest.raises(UsageError, match="ThinK ranks key channels"):
+        prune(model, think=0.5, importance="wanda")
 
 
 _EXPORTS: dict[tuple[str, str], Any] = {}
@@ -118,6 +181,20 @@ def test_every_structured_prune_of_real_exports_is_valid(kind: str, exporter: st
     assert [o.shape for o in make_session(sub).run(None, feeds)] == [r.shape for r in reference]
     summary = summarize(sub, shapes={k: v.shape for k, v in feeds.items()})
     assert len(summary.attention_blocks) == 1 and summary.mlp_blocks[0].hidden_size == 16
+    # Hidden channels: the whole residual stream shrinks 32 -> 24; an output that is the stream
+    # (BERT's and ViT's last_hidden_state) shrinks with it, LM logits keep the vocabulary.
+    model = original.clone()
+    result = prune(model, hidden=0.25, importance=importance, feeds=feeds)
+    assert result.applied == ("prune-hidden",) and result.skipped == (), result
+    narrowed = json.loads(model.metadata_props.get(HIDDEN_KEY, "{}"))
+    assert sorted(narrowed) == (["last_hidden_state"] if kind in ("bert", "vit") else [])
+    names = [o.name for o in original.graph.outputs]
+    expected = [(*r.shape[:-1], 24) if n in narrowed else r.shape for n, r in zip(names, reference)]
+    assert [o.shape for o in make_session(model).run(None, feeds)] == expected
+    assert result.parameters_after < result.parameters_before
+    sub = extract_subnetwork(original, layers=[0], mlp=16, hidden=16)
+    assert [o.shape[-1] for o in make_session(sub).run(None, feeds)] == [
+        16 if n in narrowed else r.shape[-1] for n, r in zip(names, reference)]
 
 
 @pytest.mark.slow

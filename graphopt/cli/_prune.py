@@ -1,5 +1,5 @@
-"""``graphopt prune MODEL -o OUT``: structured pruning (heads, MLP neurons, layers, conv channels) and
-masked unstructured / N:M sparsity."""
+"""``graphopt prune MODEL -o OUT``: structured pruning (heads, MLP neurons, layers, ThinK key channels,
+hidden channels, conv channels) and masked unstructured / N:M sparsity."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ _METHODS = ("activation", "magnitude", "wanda", "random")
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "prune",
-        help="remove attention heads, MLP neurons, layers or conv channels",
+        help="remove attention heads, MLP neurons, layers, key or hidden channels, or conv channels",
         description="Structured pruning: the pruned graph is physically smaller (fewer parameters and MACs). "
         "Units are ranked by --importance; activation and wanda read calibration feeds (--calib). Blocks "
         "that cannot be pruned safely are reported and left alone. Provenance is recorded in the model.",
@@ -25,6 +25,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--heads", type=float, default=0.0, metavar="F", help="fraction of heads removed per layer")
     parser.add_argument("--mlp", type=float, default=0.0, metavar="F", help="fraction of MLP neurons removed per layer")
     parser.add_argument("--layers", type=int, default=0, metavar="N", help="number of layers dropped")
+    parser.add_argument("--think", type=float, default=0.0, metavar="F",
+                        help="fraction of every head's query/key channels removed (ThinK; importance activation "
+                        "or magnitude)")
+    parser.add_argument("--hidden", type=float, default=0.0, metavar="F",
+                        help="fraction of the residual stream's hidden channels removed (embeddings, norms, every "
+                        "projection); an output on the stream, e.g. a sentence embedding, shrinks with it")
     parser.add_argument("--channels", type=float, default=0.0, metavar="F",
                         help="fraction of conv output channels removed per prunable conv")
     parser.add_argument("--unstructured", type=float, default=0.0, metavar="F",
@@ -50,6 +56,14 @@ def _recipe(args: argparse.Namespace) -> Any:
         steps.append(RecipeStep("prune-heads", {**common, "fraction": args.heads}))
     if args.mlp:
         steps.append(RecipeStep("prune-mlp", {**common, "fraction": args.mlp}))
+    if args.think:
+        if args.importance not in ("activation", "magnitude"):
+            from graphopt.errors import UsageError
+
+            raise UsageError(f"--think ranks key channels by activation or magnitude, not {args.importance}")
+        steps.append(RecipeStep("prune-key-channels", {**common, "fraction": args.think}))
+    if args.hidden:
+        steps.append(RecipeStep("prune-hidden", {**common, "fraction": args.hidden}))
     if args.channels:
         steps.append(RecipeStep("prune-channels", {**common, "fraction": args.channels}))
     if args.unstructured or args.nm:
@@ -72,7 +86,8 @@ def run(args: argparse.Namespace) -> int:
     recipe = _recipe(args)
     passes = recipe.build()  # validates every setting before anything is read
     if not passes:
-        raise UsageError("nothing to prune: give --heads, --mlp, --layers, --channels, --unstructured or --nm")
+        raise UsageError("nothing to prune: give --heads, --mlp, --layers, --think, --hidden, --channels, "
+                         "--unstructured or --nm")
     if args.importance in ("activation", "wanda") and not args.calib:
         raise UsageError(f"--importance {args.importance} needs calibration data: --calib CALIB.npz")
     if args.dry_run:
@@ -94,17 +109,34 @@ def run(args: argparse.Namespace) -> int:
     _check_runs(model)
     save_model(model, output)
     after = parameter_count(model)
+    widths = _output_widths(model)
     report = {"parameters": {"before": before, "after": after}, "applied": applied, "skipped": skipped,
-              "output": str(output)}
+              "output": str(output), **({"hidden_channels_kept": widths} if widths else {})}
     if args.json:
         emit_json(report)
         return 0
     rows: list[tuple[Any, ...]] = [("parameters", f"{before} -> {after} ({after / max(before, 1):.3f}x)"),
                                    ("passes", ", ".join(applied))]
+    rows += [(f"output {name}", f"{len(kept)} channels kept (indices in metadata {_hidden_key()})")
+             for name, kept in widths.items()]
     rows += [("skipped", line) for line in skipped]
     print_table(("", "value"), rows)
     print(f"wrote {output}")
     return 0
+
+
+def _hidden_key() -> str:
+    from graphopt.rewrites.prune.hidden import HIDDEN_KEY
+
+    return HIDDEN_KEY
+
+
+def _output_widths(model: Any) -> dict[str, list[int]]:
+    """Graph outputs that hidden pruning narrowed, with the original indices of the channels kept."""
+    import json
+
+    raw = model.metadata_props.get(_hidden_key())
+    return json.loads(raw) if raw else {}
 
 
 def _check_runs(model: Any) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from graphopt._io import load_model
 from graphopt.cli import main
 from graphopt.provenance import read_provenance
 from graphopt.prune import parameter_count
+from graphopt.runtime import make_session
 from tests.conftest import digest
 from tests.rewrites.prune._toy import toy_cnn, toy_transformer, transformer_feeds
 
@@ -48,6 +50,33 @@ def test_prune_conv_channels(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert parameter_count(load_model(out)) == 112 + 148 + 25
 
 
+def test_prune_hidden_channels(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.rewrites.prune.test_hidden import embedded_toy, ids_feeds
+
+    path, out, calib = tmp_path / "emb.onnx", tmp_path / "emb-pruned.onnx", tmp_path / "calib.npz"
+    ir.save(embedded_toy(), path)
+    np.savez(calib, ids=ids_feeds(batch=4)["ids"])
+    argv = ["prune", str(path), "-o", str(out), "--hidden", "0.25", "--importance", "activation", "--calib",
+            str(calib), "--json"]
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["applied"] == ["prune-hidden"] and report["skipped"] == []
+    assert len(report["hidden_channels_kept"]["y"]) == 12
+    pruned = load_model(out)
+    assert report["parameters"]["after"] == parameter_count(pruned) < report["parameters"]["before"]
+    assert make_session(pruned).run(None, ids_feeds())[0].shape == (3, 5, 12)
+    assert main(["prune", str(path), "-o", str(tmp_path / "table.onnx"), "--hidden", "0.5"]) == 0
+    assert re.search(r"output y\s+8 channels kept", capsys.readouterr().out)
+
+
+def test_prune_think_key_channels(model_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "think.onnx"
+    assert main(["prune", str(model_path), "-o", str(out), "--think", "0.5", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["applied"] == ["prune-key-channels"]
+    q = next(n for n in load_model(out).graph if n.name == "l0.q.matmul").inputs[1]
+    assert q is not None and q.const_value is not None and q.const_value.shape == (16, 8)  # 4 heads x 2 of 4
+
+
 def test_two_four_sparsity(model_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "sparse.onnx"
     assert main(["prune", str(model_path), "-o", str(out), "--nm", "2:4", "--json"]) == 0
@@ -62,6 +91,10 @@ def test_dry_run_prints_a_replayable_recipe(model_path: Path, capsys: pytest.Cap
     recipe = yaml.safe_load(capsys.readouterr().out)
     assert [s["pass"] for s in recipe["steps"]] == ["prune-layers", "prune-heads"]
     assert recipe["steps"][0]["settings"]["count"] == 1
+    assert main(["prune", str(model_path), "--hidden", "0.25", "--think", "0.5", "--mlp", "0.5", "--dry-run"]) == 0
+    recipe = yaml.safe_load(capsys.readouterr().out)
+    assert [s["pass"] for s in recipe["steps"]] == ["prune-mlp", "prune-key-channels", "prune-hidden"]
+    assert recipe["steps"][2]["settings"]["fraction"] == 0.25
 
 
 @pytest.mark.parametrize(("extra", "message"), [
@@ -72,6 +105,9 @@ def test_dry_run_prints_a_replayable_recipe(model_path: Path, capsys: pytest.Cap
     (["--layers", "5"], "cannot drop 5 of 2 layers"),
     (["--nm", "2-4"], "pattern must be N:M"),
     (["--unstructured", "0.5", "--importance", "random"], "not random"),
+    (["--hidden", "1.5"], "fraction must be in [0, 1)"),
+    (["--think", "0.5", "--importance", "random"], "--think ranks key channels by activation or magnitude"),
+    (["--hidden", "0.5"], "nothing was pruned: residual stream 0: the hidden channels reach graph input 'x'"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(model_path: Path, tmp_path: Path, extra: list[str], message: str,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
