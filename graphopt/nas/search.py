@@ -10,9 +10,12 @@ spend at most ``budget`` real evaluations (a repeated architecture is answered f
             objective on one-hot genes, run an inner NSGA-II on the predictions, evaluate the unseen part of
             the predicted front, repeat
 
-A candidate whose objective raises is recorded with its error and left out of the front. ``history``
-(the records of a checkpoint) pre-fills the cache: a seeded run resumed from its checkpoint replays
-the same path and pays only for what it had not evaluated yet.
+Candidates are evaluated a batch at a time (a population, a LINAS step) by a
+:class:`graphopt.nas.backends.Backend`: in this process by default, or in a process pool or on Ray; the
+records are kept in the order the algorithm asked for them, so a seeded search gives the same history on
+every backend. A candidate whose objective raises (or whose worker dies) is recorded with its error and
+left out of the front. ``history`` (the records of a checkpoint) pre-fills the cache: a seeded run resumed
+from its checkpoint replays the same path and pays only for what it had not evaluated yet.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from graphopt.errors import InputError, UsageError
+from graphopt.nas.backends import Backend, SerialBackend
 from graphopt.nas.objectives import Objective
 
 __all__ = [
@@ -52,11 +56,22 @@ _FAILED = 1e30  # loss given to failed candidates inside NSGA-II (finite: crowdi
 
 @dataclasses.dataclass(frozen=True)
 class Encoding:
-    """``choices[i]`` options for gene ``i``; ``decode`` maps a gene tuple to an architecture, ``label`` to text."""
+    """``choices[i]`` options for gene ``i``; ``decode`` maps a gene tuple to an architecture, ``label`` to text.
+
+    ``canonical`` maps genes to one representative of the genes that decode to the same architecture (the
+    cache key: a network is paid for once); ``size`` is the number of distinct architectures (default: the
+    product of ``choices``).
+    """
 
     choices: tuple[int, ...]
     decode: Callable[[tuple[int, ...]], Hashable] = tuple
     label: Callable[[Hashable], str] = str
+    canonical: Callable[[tuple[int, ...]], tuple[int, ...]] = tuple
+    size: int | None = None
+
+    def key(self, genes: Sequence[int] | np.ndarray) -> tuple[int, ...]:
+        """The cache key of ``genes``: canonical, plain ints."""
+        return tuple(int(g) for g in self.canonical(tuple(int(g) for g in genes)))
 
     def features(self, genes: np.ndarray) -> np.ndarray:
         """One-hot features of gene rows ``(n, len(choices))``."""
@@ -67,12 +82,16 @@ class Encoding:
 
 
 def encoding_for(space: Any) -> Encoding:
-    """The integer encoding of a space whose architectures are tuples of op indices (``nb201``)."""
+    """The integer encoding of a space: ``nb201`` (tuples of op indices) or one with integer genes of its own
+    (``gene_choices``, ``decode``, ``canonical_genes``, ``size``: the ``subnet`` space)."""
     if getattr(space, "name", None) == "nb201" or type(space).__name__ == "NB201Space":
         from graphopt.nas.spaces.nb201 import OPS
 
         return Encoding((len(OPS),) * 6, tuple, space.to_string)
-    raise UsageError(f"search has no integer encoding for space {type(space).__name__} (supported: nb201)")
+    if hasattr(space, "gene_choices") and hasattr(space, "decode"):
+        return Encoding(tuple(space.gene_choices), space.decode, space.to_string,
+                        getattr(space, "canonical_genes", tuple), getattr(space, "size", None))
+    raise UsageError(f"search has no integer encoding for space {type(space).__name__} (supported: nb201, subnet)")
 
 
 @dataclasses.dataclass
@@ -93,8 +112,9 @@ class _Evaluator:
 
     def __init__(self, encoding: Encoding, objectives: Sequence[Objective], budget: int, *,
                  history: Sequence[dict[str, Any]] = (), checkpoint: Path | None = None,
-                 progress: Callable[[int, int], None] | None = None) -> None:
+                 progress: Callable[[int, int], None] | None = None, backend: Backend | None = None) -> None:
         self.encoding, self.objectives, self.budget = encoding, list(objectives), budget
+        self.backend = backend if backend is not None else SerialBackend(self.objectives)
         self.records: list[dict[str, Any]] = []
         self.cache: dict[tuple[int, ...], np.ndarray] = {}
         self.checkpoint, self.progress = checkpoint, progress
@@ -117,24 +137,25 @@ class _Evaluator:
 
     def __call__(self, genes: Sequence[int]) -> np.ndarray | None:
         """Losses of ``genes`` (cached, or one real query); ``None`` once the budget is spent."""
-        key = tuple(int(g) for g in genes)
-        if key in self.cache:
-            return self.cache[key]
-        if self.remaining <= 0:
-            return None
-        arch = self.encoding.decode(key)
-        record: dict[str, Any] = {"arch": self.encoding.label(arch), "genes": list(key), "values": None, "error": None}
-        try:
-            record["values"] = [float(o.fn(arch)) for o in self.objectives]
-        except Exception as exc:  # one candidate's failure is recorded, never fatal
-            record["error"] = f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:300]
-            log.info("candidate %s failed: %s", record["arch"], record["error"])
-        loss = self._store(record)
-        if self.checkpoint is not None:
-            _write_atomic(self.checkpoint, json.dumps({"records": self.records}))
-        if self.progress is not None:
-            self.progress(len(self.records), self.budget)
-        return loss
+        return self.batch([genes])[0]
+
+    def batch(self, rows: Sequence[Sequence[int]] | np.ndarray) -> list[np.ndarray | None]:
+        """Losses of each gene row: cached, or real queries of the new ones (in order, on the backend, as far
+        as the budget goes); ``None`` for a new one past the budget."""
+        keys = [self.encoding.key(row) for row in rows]
+        new = list(dict.fromkeys(k for k in keys if k not in self.cache))[: max(self.remaining, 0)]
+        archs = [self.encoding.decode(k) for k in new]
+        for key, arch, outcome in zip(new, archs, self.backend.imap(archs)):
+            record = {"arch": self.encoding.label(arch), "genes": list(key), "values": outcome.values,
+                      "error": outcome.error}
+            if outcome.error is not None:
+                log.info("candidate %s failed: %s", record["arch"], outcome.error)
+            self._store(record)
+            if self.checkpoint is not None:
+                _write_atomic(self.checkpoint, json.dumps({"records": self.records}))
+            if self.progress is not None:
+                self.progress(len(self.records), self.budget)
+        return [self.cache.get(k) for k in keys]
 
     def result(self) -> SearchResult:
         ok = [i for i, r in enumerate(self.records) if r["values"] is not None]
@@ -166,8 +187,11 @@ def hypervolume(losses: np.ndarray, ref: Sequence[float]) -> float:
 
 def search(encoding: Encoding, objectives: Sequence[Objective], *, budget: int, algorithm: str = "nsga2",
            seed: int = 0, pop_size: int = 20, history: Sequence[dict[str, Any]] = (),
-           checkpoint: str | Path | None = None, progress: Callable[[int, int], None] | None = None) -> SearchResult:
-    """Search with ``algorithm`` (one of :data:`ALGORITHMS`) for at most ``budget`` real queries."""
+           checkpoint: str | Path | None = None, progress: Callable[[int, int], None] | None = None,
+           backend: Backend | None = None) -> SearchResult:
+    """Search with ``algorithm`` (one of :data:`ALGORITHMS`) for at most ``budget`` real queries, evaluated on
+    ``backend`` (default: in this process; :func:`graphopt.nas.backends.create_backend` for a pool or Ray,
+    made for the same ``objectives``; the caller closes it)."""
     if algorithm not in ALGORITHMS:
         raise UsageError(f"unknown algorithm {algorithm!r} (choose from {', '.join(ALGORITHMS)})")
     if budget < 1 or pop_size < 2:
@@ -175,7 +199,7 @@ def search(encoding: Encoding, objectives: Sequence[Objective], *, budget: int, 
     if not objectives:
         raise UsageError("give at least one objective")
     ev = _Evaluator(encoding, objectives, budget, history=history,
-                    checkpoint=Path(checkpoint) if checkpoint else None, progress=progress)
+                    checkpoint=Path(checkpoint) if checkpoint else None, progress=progress, backend=backend)
     rng = np.random.default_rng(seed)
     if algorithm == "random":
         _random(ev, rng)
@@ -187,15 +211,19 @@ def search(encoding: Encoding, objectives: Sequence[Objective], *, budget: int, 
 
 
 def _space_size(encoding: Encoding) -> int:
-    return int(np.prod([float(c) for c in encoding.choices]))
+    return encoding.size if encoding.size is not None else int(np.prod([float(c) for c in encoding.choices]))
 
 
 def _random(ev: _Evaluator, rng: np.random.Generator, count: int | None = None) -> None:
     target = len(ev.records) + (ev.remaining if count is None else min(count, ev.remaining))
     target = min(target, len(ev.records) + _space_size(ev.encoding) - len(ev.cache))
     high = np.array(ev.encoding.choices)
-    while len(ev.records) < target:
-        ev(rng.integers(0, high).tolist())
+    rows: dict[tuple[int, ...], None] = {}
+    while len(ev.records) + len(rows) < target:  # the draws a one-at-a-time loop would make, as one batch
+        genes = ev.encoding.key(rng.integers(0, high))
+        if genes not in ev.cache:
+            rows[genes] = None
+    ev.batch(list(rows))
 
 
 def _nsga(n_var: int, high: np.ndarray, n_obj: int, pop_size: int) -> tuple[Any, Any]:
@@ -224,7 +252,7 @@ def _nsga2(ev: _Evaluator, seed: int, pop_size: int, stall: int = 30) -> None:
     while ev.remaining > 0 and len(ev.cache) < _space_size(ev.encoding) and idle < stall:
         before = len(ev.records)
         pop = algo.ask()
-        losses = [ev(x) for x in pop.get("X").astype(int)]
+        losses = ev.batch(pop.get("X").astype(int))
         if any(loss is None for loss in losses):
             break  # budget spent in the middle of a generation
         Evaluator().eval(StaticProblem(problem, F=np.array(losses)), pop)
@@ -257,18 +285,22 @@ def _linas(ev: _Evaluator, rng: np.random.Generator, seed: int, pop_size: int, i
     size = _space_size(enc)
     visited: dict[tuple[int, ...], np.ndarray] = {}  # what this run has asked for, in order (replays a checkpoint)
 
-    def visit(genes: tuple[int, ...]) -> bool:
-        loss = ev(genes)
-        if loss is not None:
+    def visit(rows: Sequence[tuple[int, ...]]) -> bool:
+        """Evaluate ``rows`` as one batch; False once the budget stops it."""
+        for genes, loss in zip(rows, ev.batch(rows)):
+            if loss is None:
+                return False
             visited[genes] = loss
-        return loss is not None
+        return True
 
-    def explore(count: int) -> None:
+    def explore(count: int) -> bool:
         target = min(len(visited) + count, size)
-        while len(visited) < target:
-            genes = tuple(int(g) for g in rng.integers(0, high))
-            if genes not in visited and not visit(genes):
-                return
+        rows: dict[tuple[int, ...], None] = {}
+        while len(visited) + len(rows) < target:
+            genes = enc.key(rng.integers(0, high))
+            if genes not in visited:
+                rows[genes] = None
+        return visit(list(rows))
 
     explore(max(10, ev.budget // 5))
     batch = max(5, ev.budget // 20)
@@ -291,10 +323,9 @@ def _linas(ev: _Evaluator, rng: np.random.Generator, seed: int, pop_size: int, i
         front = np.atleast_2d(res.X).astype(int)
         predicted = np.column_stack([m.predict(enc.features(front)) for m in models])
         order = np.lexsort(predicted.T[::-1])  # by the first objective, ties by the next
-        fresh = list(dict.fromkeys(t for t in (tuple(int(g) for g in front[i]) for i in order) if t not in visited))
-        for genes in fresh[:batch]:
-            if not visit(genes):
-                return
+        fresh = list(dict.fromkeys(t for t in (enc.key(front[i]) for i in order) if t not in visited))
+        if not visit(fresh[:batch]):
+            return
         if len(fresh) < batch:  # the predicted front is already known: explore instead
             explore(batch - len(fresh))
 
@@ -312,14 +343,19 @@ def load_checkpoint(path: str | Path) -> list[dict[str, Any]]:
         raise InputError(f"{path}: not a search checkpoint ({exc})") from exc
 
 
+def _umask_mode(tmp: str) -> None:
+    """Give a ``mkstemp`` file (0600) the mode a plain ``open`` would."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+
+
 def _write_atomic(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600
+        _umask_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -333,6 +369,7 @@ def write_front_json(path: str | Path, result: SearchResult, **extra: Any) -> No
         "queries": len(result.records),
         "failures": sum(r["values"] is None for r in result.records),
         "front": [{"arch": r["arch"], **dict(zip(result.objectives, r["values"]))} for r in result.front_records()],
+        "failed": [{"arch": r["arch"], "error": r.get("error")} for r in result.records if r["values"] is None],
         **extra,
     }
     _write_atomic(Path(path), json.dumps(data, indent=2))
@@ -365,6 +402,7 @@ def plot_front(path: str | Path, result: SearchResult, title: str = "") -> None:
     os.close(fd)
     try:
         fig.savefig(tmp, dpi=100)
+        _umask_mode(tmp)
         os.replace(tmp, path)
     finally:
         plt.close(fig)

@@ -29,14 +29,15 @@ def table(tmp_path_factory) -> Path:
     return path
 
 
-def _args(table: Path, out: Path, *extra: str) -> list[str]:
+def _args(table: Path, out: Path, *extra: str, workers: str | None = "1") -> list[str]:
+    """Table look-ups are evaluated in this process (``--workers 1``) unless ``workers`` is None (the default pool)."""
     return ["search", "--space", "nb201", "--objective", f"table:{table}:acc:max", "--objective", f"table:{table}:lat",
-            "--pop-size", "8", "--seed", "0", "-o", str(out), *extra]
+            "--pop-size", "8", "--seed", "0", "-o", str(out), *extra, *(["--workers", workers] if workers else [])]
 
 
 def test_search_writes_front_plot_checkpoint_and_onnx(table: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "run"
-    assert main(_args(table, out, "--budget", "24", "--export-front")) == 0
+    assert main(_args(table, out, "--budget", "24", "--export-front", workers=None)) == 0  # a process pool
     front = json.loads((out / "front.json").read_text())
     assert front["queries"] == 24 and front["failures"] == 0 and front["algorithm"] == "nsga2"
     checkpoint = json.loads((out / "checkpoint.json").read_text())["records"]
