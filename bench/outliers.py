@@ -1,17 +1,22 @@
 """Outliers and quantizability: clipped softmax and gated attention (Bondarenko et al., 2023), at small scale.
 
 Part 1, from scratch. A small BERT-style encoder (``transformers.BertForMaskedLM`` from a config, random
-weights, eager attention) is exported to ONNX once; its vocabulary is the most frequent MiniLM word pieces
-of the training text (others map to ``[UNK]``). Three graphs are made from that one export: *vanilla* (no
-rewrite), *clipped softmax* (``clipped-softmax`` with its defaults: ``gamma = -alpha / T``, ``alpha = 4``,
-``zeta = 1``) and *gated attention* (``gated-attention`` with ``mode=scratch``). Every initializer is trained
-with graphopt's torch executor (``TorchExecutor(trainable="all")``, one torch thread) on masked-LM over
+weights, eager attention; 4 layers by default) is exported to ONNX once, every parameter kept as its own
+initializer (see :func:`export_encoder`); its vocabulary is the most frequent MiniLM word pieces of the
+training text (others map to ``[UNK]``). The text is packed as in BERT pre-training, ``[CLS] s1 [SEP] s2
+[SEP] ...`` blocks of ``--sequence`` tokens, so that delimiters, the tokens the paper's "no-op" heads
+attend to, are frequent (``--no-pack``: one padded sentence per row). Three graphs are made from that one
+export: *vanilla* (no rewrite), *clipped softmax* (``clipped-softmax`` with its defaults: ``gamma = -alpha /
+T``, ``alpha = 4``, ``zeta = 1``) and *gated attention* (``gated-attention`` with ``mode=scratch``). Every
+initializer is trained with graphopt's torch executor (``TorchExecutor(trainable="all")``) on masked-LM over
 standard-library docstring sentences (15% of tokens picked; 80% ``[MASK]``, 10% random, 10% kept; the
 loss is cross-entropy on the picked positions only, so the loop lives here rather than in ``finetune``),
 with the same data order and masks for all three, and written back. On held-out sentences (fixed masks):
 MLM perplexity in fp32 with onnxruntime, max |x| and kurtosis of every attention block's output
-(``graphopt.analysis`` outlier statistics, padding excluded) and the perplexity after
-``quantize(model, "w8a8", calib)`` (static QDQ, per-channel int8 weights, uint8 activations).
+(``graphopt.analysis`` outlier statistics, padding excluded), of the attention layer's output after its
+residual Add and LayerNorm and of the feed-forward output (:func:`stream_statistics`), and the perplexity
+after ``quantize(model, "w8a8", calib)`` (static QDQ, per-channel int8 weights, uint8 activations). Every
+``--check-every`` steps the same statistics are taken with the executor, to show the trend.
 
 Part 2, fine-tuning the real all-MiniLM-L6-v2 (dynamo export): ``gated-attention`` in its fine-tuning mode
 (gates start at exactly 1), only the gates trained (``finetune(trainable="gates", teacher=original,
@@ -20,7 +25,10 @@ loss="cosine")``); then the same with an outlier penalty added to the loss (the 
 kurtosis and max |x| before/after and the embedding cosine to the original on held-out sentences.
 
 Run: ``.venv/bin/python bench/outliers.py [--steps N] [--quick] [--out bench/results]``; ``--minilm-only
---minilm-lr LR`` reruns part 2 alone and appends it to the existing results.
+--minilm-lr LR`` reruns part 2 alone and appends it to the existing results. On few cores the variants can
+run in parallel: ``--data-cache D.npz --encoder E.onnx --prepare`` once, then one process per
+``--variants NAME --out DIR_NAME`` (same settings), then ``--merge DIR_*/outliers.json --out bench/results``
+(which keeps the MiniLM part of the existing report, marked as earlier).
 """
 
 from __future__ import annotations
@@ -54,34 +62,60 @@ PAD, UNK, CLS, SEP, MASK = range(5)
 # --------------------------------------------------------------------------- data
 
 
-def build_data(train: int, held: int, vocab: int, sequence: int, seed: int) -> dict[str, Any]:
+def build_data(train: int, held: int, vocab: int, sequence: int, seed: int, pack: bool = True) -> dict[str, Any]:
     """Token ids of disjoint train / held-out sentences in a compact vocabulary of the ``vocab`` most
-    frequent MiniLM word pieces of the training text (special tokens first)."""
+    frequent MiniLM word pieces of the training text (special tokens first).
+
+    ``pack``: sentences are concatenated into blocks of ``sequence`` tokens, ``[CLS] s1 [SEP] s2 [SEP] ...``
+    (BERT pre-training's format, rich in delimiters, no padding); otherwise one padded sentence per row."""
+    from transformers import AutoTokenizer
+
     from graphopt.data import stdlib_sentences, tokenize
     from graphopt.frontend import minilm_dir
 
     sentences = stdlib_sentences(train + held, seed=seed)
-    feeds = tokenize(minilm_dir(), sentences, sequence=sequence, input_names=("input_ids", "attention_mask"))
-    ids, mask = feeds["input_ids"], feeds["attention_mask"]
-    from transformers import AutoTokenizer
-
     tokenizer = AutoTokenizer.from_pretrained(str(minilm_dir()))
     special = [tokenizer.convert_tokens_to_ids(t) for t in SPECIAL]
-    counts = collections.Counter(ids[:train][mask[:train] != 0].tolist())
+    if pack:
+        pieces = [tokenizer(s, add_special_tokens=False)["input_ids"] for s in sentences]
+        counts = collections.Counter(t for p in pieces[:train] for t in p)
+    else:
+        feeds = tokenize(minilm_dir(), sentences, sequence=sequence, input_names=("input_ids", "attention_mask"))
+        ids, mask = feeds["input_ids"], feeds["attention_mask"]
+        counts = collections.Counter(ids[:train][mask[:train] != 0].tolist())
     for s in special:
         counts.pop(s, None)
     kept = [t for t, _ in counts.most_common(vocab - len(special))]
-    table = np.full(int(ids.max()) + 1, UNK, dtype=np.int64)
-    for new, old in enumerate(special + kept):
-        table[old] = new
-    compact = table[ids]
-    real = mask != 0
-    coverage = float((compact[:train][real[:train]] != UNK).mean())
+    table = dict(zip(special + kept, range(len(special) + len(kept))))
+    if pack:
+        parts = [_pack([[table.get(t, UNK) for t in p] for p in chunk], sequence)
+                 for chunk in (pieces[:train], pieces[train:])]
+        data = {"train": (parts[0], np.ones_like(parts[0])), "held": (parts[1], np.ones_like(parts[1]))}
+    else:
+        compact = np.vectorize(lambda t: table.get(int(t), UNK), otypes=[np.int64])(ids)
+        data = {"train": (compact[:train], mask[:train]), "held": (compact[train:], mask[train:])}
+    ids_train, mask_train = data["train"]
+    words = (mask_train != 0) & (ids_train > MASK)
+    real = ids_train[(mask_train != 0) & (ids_train != CLS) & (ids_train != SEP)]
     return {
-        "train": (compact[:train], mask[:train]), "held": (compact[train:], mask[train:]),
-        "vocab": len(special) + len(kept), "coverage": coverage,
-        "tokens_per_sentence": float(real.sum(1).mean()),
+        **data, "vocab": len(special) + len(kept), "coverage": float((real != UNK).mean()),
+        "tokens_per_sentence": float(words.sum() / max(1, int((ids_train == SEP).sum()))),
+        "delimiter_share": float(np.isin(ids_train[mask_train != 0], (CLS, SEP)).mean()),
+        "blocks": {"train": len(ids_train), "held": len(data["held"][0])},
     }
+
+
+def _pack(sentences: list[list[int]], sequence: int) -> np.ndarray:
+    """``[CLS] s1 [SEP] s2 [SEP] ...`` cut into rows of ``sequence`` tokens (each row starts with ``[CLS]``;
+    the last, partial row is dropped)."""
+    rows, row = [], [CLS]
+    for sentence in sentences:
+        for token in [*sentence, SEP]:
+            row.append(token)
+            if len(row) == sequence:
+                rows.append(row)
+                row = [CLS]
+    return np.array(rows, dtype=np.int64)
 
 
 def mask_tokens(ids: np.ndarray, mask: np.ndarray, vocab: int, rng: np.random.Generator,
@@ -102,6 +136,14 @@ def mask_tokens(ids: np.ndarray, mask: np.ndarray, vocab: int, rng: np.random.Ge
 
 
 def export_encoder(path: Path, vocab: int, layers: int, hidden: int, heads: int, sequence: int, seed: int) -> None:
+    """Export a freshly initialised ``BertForMaskedLM`` with every parameter a distinct initializer.
+
+    BERT starts its biases at 0 and LayerNorm scales at 1, and the exporter's optimizer folds
+    ``x + 0`` away and merges identical initializers: trained in the graph, every layer would then
+    share one LayerNorm scale and have no biases at all. So 1-vector and 0-vector parameters get
+    noise of std 1e-3 first (negligible next to the weights' 0.02), and the export is checked to
+    keep as many trainable values as the torch model has."""
+    import onnx_ir as ir
     import torch
     from transformers import BertConfig, BertForMaskedLM
 
@@ -113,6 +155,10 @@ def export_encoder(path: Path, vocab: int, layers: int, hidden: int, heads: int,
                         pad_token_id=PAD, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
                         attn_implementation="eager")  # type: ignore[call-arg]
     model = BertForMaskedLM(config).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.dim() == 1:
+                parameter.add_(torch.randn_like(parameter) * 1e-3)
 
     class Logits(torch.nn.Module):
         def __init__(self) -> None:
@@ -127,8 +173,14 @@ def export_encoder(path: Path, vocab: int, layers: int, hidden: int, heads: int,
     with _common.stdout_to_stderr():
         result = export_module(Logits(), (ids, torch.ones_like(ids)), path, input_names=["input_ids", "attention_mask"],
                                output_names=["logits"], dynamic_axes=axes)
-    log(f"exported the encoder with the {result.exporter} exporter ({sum(p.numel() for p in model.parameters())} "
-        "parameters)")
+    expected = sum(p.numel() for p in model.parameters())
+    exported = sum(v.const_value.size for v in ir.load(path).graph.initializers.values()
+                   if v.const_value is not None and v.const_value.dtype.is_floating_point()
+                   and v.const_value.size > 1)
+    if exported != expected:
+        raise SystemExit(f"the export keeps {exported} trainable values of the model's {expected}: "
+                         "parameters were folded or merged")
+    log(f"exported the encoder with the {result.exporter} exporter ({expected} parameters, all initializers)")
 
 
 def variants(path: Path) -> dict[str, Any]:
@@ -152,27 +204,56 @@ def variants(path: Path) -> dict[str, Any]:
 # --------------------------------------------------------------------------- training and metrics
 
 
-def train_mlm(model: Any, data: dict[str, Any], steps: int, batch: int, lr: float, seed: int) -> dict[str, Any]:
-    """Masked-LM training of every initializer; the trained values are written back into ``model``."""
+def train_mlm(model: Any, data: dict[str, Any], steps: int, batch: int, lr: float, seed: int,
+              check_every: int = 0, weight_decay: float = 0.01) -> dict[str, Any]:
+    """Masked-LM training of every initializer; the trained values are written back into ``model``.
+
+    Every ``check_every`` steps the outlier statistics of :func:`stream_taps` are taken on 64 held-out
+    rows with the executor itself (the taps are extra outputs of a training copy), to follow the trend."""
     import torch
     import torch.nn.functional as F
 
     from graphopt.executor import TorchExecutor
 
     torch.manual_seed(seed)
-    executor = TorchExecutor(model, trainable="all")
+    work = model.clone()
+    taps = stream_taps(work)
+    values = {v.name: v for node in work.graph for v in node.outputs}
+    for name in dict.fromkeys(n for tap in taps for n in tap.values()):
+        work.graph.outputs.append(values[name])
+    executor = TorchExecutor(work, trainable="all")
     params = [p for _, p in executor.named_trainable_parameters()]
-    decay = [p for p in params if p.dim() >= 2]
+    decay = [p for p in params if p.dim() >= 2]  # no decay on biases and LayerNorm scales
     rest = [p for p in params if p.dim() < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": rest, "weight_decay": 0.0}],
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                                   {"params": rest, "weight_decay": 0.0}],
                                   lr=lr, betas=(0.9, 0.98), eps=1e-6)
     warmup = max(1, steps // 10)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min((s + 1) / warmup, max(0.0, (steps - s) / max(1, steps - warmup))))
     ids, mask = data["train"]
     rng = np.random.default_rng(seed)
-    losses = []
+    losses: list[float] = []
+    trend: list[dict[str, Any]] = []
+    held = {"input_ids": data["held"][0][:64], "attention_mask": data["held"][1][:64]}
+
+    def check(step: int) -> None:
+        with torch.no_grad():
+            out = executor(held)
+        keep = held["attention_mask"] != 0
+        row: dict[str, Any] = {"step": step, "loss": round(float(np.mean(losses[-50:])), 3) if losses else None}
+        for kind in ("proj", "attention", "ffn"):
+            stats = [_moments(out[tap[kind]].numpy()[keep]) for tap in taps if kind in tap]
+            if stats:
+                row[kind] = {"max_abs": round(max(x[0] for x in stats), 2),
+                             "kurtosis": round(max(x[1] for x in stats), 2)}
+        trend.append(row)
+        log("  trend " + json.dumps(row))
+
+    if check_every:
+        check(0)
     started = time.perf_counter()
+    checking = 0.0
     for step in range(steps):
         rows = rng.integers(0, len(ids), batch)
         inputs, labels = mask_tokens(ids[rows], mask[rows], data["vocab"], rng)
@@ -185,11 +266,15 @@ def train_mlm(model: Any, data: dict[str, Any], steps: int, batch: int, lr: floa
         optimizer.step()
         schedule.step()
         losses.append(float(loss.item()))
-        if (step + 1) % max(1, steps // 10) == 0:
+        if check_every and ((step + 1) % check_every == 0 or step + 1 == steps):
+            tick = time.perf_counter()
+            check(step + 1)
+            checking += time.perf_counter() - tick
+        elif (step + 1) % max(1, steps // 10) == 0:
             log(f"  step {step + 1}/{steps}: loss {np.mean(losses[-50:]):.3f}")
-    seconds = time.perf_counter() - started
+    seconds = time.perf_counter() - started - checking
     executor.write_back(model)
-    return {"steps": steps, "batch": batch, "lr": lr, "seconds": round(seconds, 1),
+    return {"steps": steps, "batch": batch, "lr": lr, "seconds": round(seconds, 1), "trend": trend,
             "first_loss": round(float(np.mean(losses[:20])), 3), "last_loss": round(float(np.mean(losses[-50:])), 3)}
 
 
@@ -223,6 +308,72 @@ def outliers(model: Any, feeds: dict[str, np.ndarray]) -> dict[str, Any]:
         "layers": [{"layer": layer.layer, "max_abs": round(layer.max_abs, 3), "kurtosis": round(layer.kurtosis, 2)}
                    for layer in layers],
     }
+
+
+def stream_taps(model: Any) -> list[dict[str, str]]:
+    """Per attention block, the names of: ``proj`` its output projection's output after bias (what
+    ``graphopt.analysis`` measures), ``attention`` the attention layer's output after the residual Add and
+    LayerNorm (the paper's "output of an attention layer" in post-LN BERT, where its outliers show), and
+    ``ffn`` the following feed-forward block's output (before its residual Add), where the paper finds the
+    largest outliers. Parts that cannot be followed are left out."""
+    from graphopt.analysis._attention import find_attention
+    from graphopt.analysis._outliers import _after_bias
+
+    def consumer(value: Any, op_type: str) -> Any:
+        return next((node for node, _ in value.uses() if node.op_type == op_type), None)
+
+    located: list[dict[str, Any]] = []
+    find_attention(model.graph, [], located=located)
+    taps = []
+    for where in located:
+        if where.get("o") is None:
+            continue
+        proj = _after_bias(where["o"].outputs[0])
+        tap = {"proj": proj.name or ""}
+        residual = consumer(proj, "Add")
+        norm = consumer(residual.outputs[0], "LayerNormalization") if residual is not None else None
+        if norm is not None:
+            tap["attention"] = norm.outputs[0].name or ""
+            second = consumer(norm.outputs[0], "Add")
+            if second is not None:
+                other = [v for v in second.inputs if v is not norm.outputs[0]]
+                if other and other[0] is not None and other[0].name:
+                    tap["ffn"] = other[0].name
+        taps.append(tap)
+    return taps
+
+
+def _moments(x: np.ndarray) -> tuple[float, float, float]:
+    """max |x|, the per-token kurtosis averaged over tokens, and the kurtosis of the whole tensor."""
+    x = x.reshape(-1, x.shape[-1]).astype(np.float64)
+    centred = x - x.mean(-1, keepdims=True)
+    token = float(((centred ** 4).mean(-1) / (centred ** 2).mean(-1) ** 2).mean())
+    flat = x - x.mean()
+    return float(np.abs(x).max()), token, float((flat ** 4).mean() / (flat ** 2).mean() ** 2)
+
+
+def stream_statistics(model: Any, feeds: dict[str, np.ndarray]) -> dict[str, Any]:
+    """max |x| and kurtosis (per token, and of the whole tensor) of every tap of :func:`stream_taps`,
+    over the held-out feeds, run with onnxruntime; per kind the largest over layers."""
+    from graphopt.calibration import iter_activations
+
+    taps = stream_taps(model)
+    names = [name for tap in taps for name in tap.values()]
+    chunks: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    for batch in iter_activations(model, feeds, names, batch_size=32):
+        for name in names:
+            chunks[name].append(np.asarray(batch[name]))
+    layers = []
+    for i, tap in enumerate(taps):
+        row: dict[str, Any] = {"layer": i}
+        for kind, name in tap.items():
+            peak, token, whole = _moments(np.concatenate(chunks[name]))
+            row[kind] = {"max_abs": round(peak, 3), "kurtosis": round(token, 2), "kurtosis_tensor": round(whole, 2)}
+        layers.append(row)
+    summary = {kind: {key: max(layer[kind][key] for layer in layers if kind in layer)
+                      for key in ("max_abs", "kurtosis", "kurtosis_tensor")}
+               for kind in ("proj", "attention", "ffn") if any(kind in layer for layer in layers)}
+    return {"summary": summary, "layers": layers}
 
 
 def w8a8_perplexity(model: Any, calib: dict[str, np.ndarray], evaluation: tuple[np.ndarray, ...],
@@ -334,32 +485,63 @@ def finetune_with_penalty(model: Any, teacher: Any, feeds: dict[str, np.ndarray]
 
 
 def markdown(report: dict[str, Any]) -> str:
-    s = report["settings"]
+    s, d = report["settings"], report["data"]
+    fmt = ("{blocks} packed blocks of {seq} tokens (`[CLS] s1 [SEP] s2 [SEP] ...`, {share:.0%} delimiters)"
+           if s.get("pack", False) else "{train} padded sentences of up to {seq} tokens")
+    layout = fmt.format(blocks=d.get("blocks", {}).get("train"), seq=s["sequence"], share=d.get("delimiter_share", 0),
+                        train=s["train"])
     lines = [
         "# Outliers and quantizability: clipped softmax and gated attention (small scale)", "",
-        f"BERT-style encoder trained from scratch with graphopt's torch executor: {s['layers']} layers, hidden "
-        f"{s['hidden']}, {s['heads']} heads, vocabulary {report['data']['vocab']} word pieces (covering "
-        f"{report['data']['coverage']:.1%} of training tokens), sequence {s['sequence']}, {s['steps']} steps of "
-        f"batch {s['batch']} ({s['train']} training sentences, about {report['data']['tokens_per_sentence']:.0f} "
-        f"tokens each), masked-LM. Held-out: {s['held']} sentences with fixed masks. Max |x| and kurtosis: of the "
-        "attention outputs, the largest over layers. W8A8: `quantize(model, 'w8a8', calib)` on "
-        f"{s['calib']} masked training sentences, percentile and min-max activation ranges.", "",
-        "| model | train loss first / last | train time (s) | fp32 perplexity | max \\|x\\| | kurtosis | "
-        "W8A8 perplexity (percentile) | W8A8 perplexity (min-max) |",
-        "|---|---|---|---|---|---|---|---|",
+        f"BERT-style encoder (post-LayerNorm) trained from scratch with graphopt's torch executor: {s['layers']} "
+        f"layers, hidden {s['hidden']}, {s['heads']} heads, vocabulary {d['vocab']} word pieces (covering "
+        f"{d['coverage']:.1%} of training tokens); masked-LM on {layout} from {s['train']} standard-library "
+        f"sentences (about {d['tokens_per_sentence']:.0f} tokens each); {s['steps']} AdamW steps of batch "
+        f"{s['batch']}, peak lr {s['lr']:g}, weight decay {s.get('weight_decay', 0.01):g} on matrices only. "
+        f"Held-out: {s['held']} other sentences, fixed masks. Outliers on the held-out data, largest over layers: "
+        "*o-proj* = the attention output projection's output (`graphopt inspect --activations`), *attention "
+        "layer* = after its residual Add and LayerNorm (the paper's \"output of an attention layer\"), *FFN* = "
+        "the feed-forward output before its residual Add (where the paper sees the largest outliers); kurtosis "
+        "per token (3 for a Gaussian), averaged over tokens. W8A8: `quantize(model, 'w8a8', calib)` on "
+        f"{s['calib']} masked training rows, percentile and min-max activation ranges.", "",
+        "| model | train loss first / last | train time (s) | fp32 perplexity | o-proj max \\|x\\| / kurtosis | "
+        "attention layer max \\|x\\| / kurtosis | FFN max \\|x\\| / kurtosis | W8A8 perplexity (percentile) | "
+        "W8A8 perplexity (min-max) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
+
+    def cell(row: dict[str, Any], kind: str) -> str:
+        x = row.get("stream", {}).get("summary", {}).get(kind)
+        return f"{x['max_abs']:.1f} / {x['kurtosis']:.1f}" if x else "-"
+
     for name, row in report["scratch"].items():
         t = row["train"]
         lines.append(f"| {name} | {t['first_loss']:.2f} / {t['last_loss']:.2f} | {t['seconds']:.0f} | "
-                     f"{row['ppl_fp32']:.2f} | {row['max_abs']:.2f} | {row['kurtosis']:.2f} | "
-                     f"{row['ppl_w8a8_percentile']:.2f} | {row['ppl_w8a8_minmax']:.2f} |")
-    lines += ["", "Per layer (max |x| / kurtosis): " + "; ".join(
+                     f"{row['ppl_fp32']:.2f} | {row['max_abs']:.2f} / {row['kurtosis']:.2f} | {cell(row, 'attention')} "
+                     f"| {cell(row, 'ffn')} | {row['ppl_w8a8_percentile']:.2f} | {row['ppl_w8a8_minmax']:.2f} |")
+    lines += ["", "Per layer, o-proj (max |x| / kurtosis): " + "; ".join(
         f"{name}: " + ", ".join(f"{x['max_abs']:.1f}/{x['kurtosis']:.1f}" for x in row["layers"])
         for name, row in report["scratch"].items()), ""]
+    trends = {name: row["train"].get("trend") for name, row in report["scratch"].items() if row["train"].get("trend")}
+    if trends:
+        lines += ["Trend during training (executor, 64 held-out rows; largest over layers; "
+                  "o-proj kurtosis / attention layer kurtosis / FFN max |x|):", "",
+                  "| step | " + " | ".join(trends) + " |", "|---" * (len(trends) + 1) + "|"]
+        steps = [r["step"] for r in next(iter(trends.values()))]
+        for i, step in enumerate(steps):
+            cells = []
+            for rows in trends.values():
+                r = rows[i] if i < len(rows) else {}
+                cells.append(f"{r['proj']['kurtosis']:.1f} / {r['attention']['kurtosis']:.1f} / "
+                             f"{r['ffn']['max_abs']:.1f}" if "attention" in r and "ffn" in r else "-")
+            lines.append(f"| {step} | " + " | ".join(cells) + " |")
+        lines.append("")
     runs = report.get("minilm") or []
     for m in runs if isinstance(runs, list) else [runs]:
+        earlier = f" (from an earlier run, {m['machine']['date']})" if m.get("earlier") and m.get("machine") else (
+            " (from an earlier run)" if m.get("earlier") else "")
         lines += [
-            f"## Fine-tuning all-MiniLM-L6-v2 with gated attention (only the gates trained), lr {m.get('lr', 1e-2):g}",
+            f"## Fine-tuning all-MiniLM-L6-v2 with gated attention (only the gates trained), lr {m.get('lr', 1e-2):g}"
+            + earlier,
             "", f"{m['calibration_sentences']} training and {m['held_out_sentences']} held-out sentences, sequence "
             f"{m['sequence']}, {m['steps']} Adam steps (lr {m.get('lr', 1e-2):g}, batch 8). Kurtosis / max |x|: "
             "largest over the 6 attention outputs on the held-out sentences; cosine: sentence embeddings to the "
@@ -370,23 +552,76 @@ def markdown(report: dict[str, Any]) -> str:
             lines.append(f"| {name} | {row['max_abs']:.2f} | {row['kurtosis']:.2f} | {row['cosine_mean']:.5f} | "
                          f"{row['cosine_min']:.5f} |")
         lines.append("")
-    lines += [f"Total run time {report['seconds']:.0f} s on {report['machine']['cpus_usable']} shared CPU cores "
+    threads = s.get("threads", 1)
+    parallel = (f", the {report['parallel_runs']} variants in parallel processes ({threads} torch "
+                f"thread{'s' if threads != 1 else ''} each)") if report.get("parallel_runs") else ""
+    lines += [f"Total run time {report['seconds']:.0f} s on {report['machine']['cpus_usable']} CPU cores{parallel} "
               f"(load average {report['machine']['load_average'][0]:.1f} at start).", ""]
+    if report.get("notes"):
+        lines += ["Notes:", "", *[f"- {note}" for note in report["notes"]], ""]
     return "\n".join(lines)
+
+
+def cached_data(args: argparse.Namespace) -> dict[str, Any]:
+    """:func:`build_data` for the arguments, through ``--data-cache`` when given (so that a run on another
+    machine trains on the same tokens without the tokenizer)."""
+    keys = ("vocab", "coverage", "tokens_per_sentence", "delimiter_share")
+    if args.data_cache is not None and args.data_cache.exists():
+        with np.load(args.data_cache) as z:
+            data: dict[str, Any] = {k: z[k].item() for k in keys}
+            data["train"], data["held"] = (z["train_ids"], z["train_mask"]), (z["held_ids"], z["held_mask"])
+        data["blocks"] = {"train": len(data["train"][0]), "held": len(data["held"][0])}
+        return data
+    data = build_data(args.train, args.held, args.vocab, args.sequence, args.seed, pack=args.pack)
+    if args.data_cache is not None:
+        arrays: dict[str, Any] = {k: np.asarray(data[k]) for k in keys}
+        arrays.update(train_ids=data["train"][0], train_mask=data["train"][1], held_ids=data["held"][0],
+                      held_mask=data["held"][1])
+        args.data_cache.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(args.data_cache, **arrays)
+    return data
+
+
+def merge(paths: list[Path], out: Path, notes: list[str] | None = None) -> int:
+    """One report from runs of single variants (same settings): their rows in the given order, the
+    MiniLM part of the existing report in ``out`` kept and marked as earlier."""
+    parts = [json.loads(p.read_text()) for p in paths]
+    report = {**parts[0], "scratch": {}, "seconds": max(p["seconds"] for p in parts),
+              "parallel_runs": len(parts), "notes": list(notes or [])}
+    for part in parts:
+        diff = {k for k in part["settings"] if k != "variants" and part["settings"][k] != parts[0]["settings"][k]}
+        if diff:
+            raise SystemExit(f"cannot merge runs with different settings: {sorted(diff)}")
+        report["scratch"].update(part["scratch"])
+    report["settings"] = {**parts[0]["settings"], "variants": ",".join(report["scratch"])}
+    if (out / "outliers.json").exists():
+        old = json.loads((out / "outliers.json").read_text())
+        earlier = old.get("minilm") or []
+        report["minilm"] = [{**m, "earlier": True, "machine": m.get("machine", old.get("machine"))}
+                            for m in (earlier if isinstance(earlier, list) else [earlier])]
+    _common.write_json(out / "outliers.json", report)
+    _common.write_atomic(out / "outliers.md", markdown(report))
+    print(markdown(report))
+    return 0
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=1500)
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--weight-decay", type=float, default=0.01, help="on weight matrices only")
+    parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--vocab", type=int, default=4096)
-    parser.add_argument("--sequence", type=int, default=48)
-    parser.add_argument("--train", type=int, default=7000)
-    parser.add_argument("--held", type=int, default=512)
+    parser.add_argument("--sequence", type=int, default=64)
+    parser.add_argument("--no-pack", dest="pack", action="store_false",
+                        help="one padded sentence per row instead of packed [CLS] s1 [SEP] s2 [SEP] ... blocks")
+    parser.add_argument("--check-every", type=int, default=250, help="outlier trend every N steps (0: off)")
+    parser.add_argument("--variants", default="vanilla,clipped-softmax,gated-attention")
+    parser.add_argument("--train", type=int, default=7200)
+    parser.add_argument("--held", type=int, default=500)
     parser.add_argument("--calib", type=int, default=128)
     parser.add_argument("--minilm-steps", type=int, default=150)
     parser.add_argument("--penalty", type=float, default=0.05)
@@ -396,13 +631,20 @@ def main() -> int:
                         help="rerun part 2 only and replace its section in the existing outliers.json / .md")
     parser.add_argument("--quick", action="store_true", help="tiny run to check the script end to end")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data-cache", type=Path, help="tokenised data (.npz): loaded if there, else built and saved")
+    parser.add_argument("--encoder", type=Path, help="exported encoder (.onnx): used if there, else exported there")
+    parser.add_argument("--prepare", action="store_true", help="only build --data-cache and --encoder, then stop")
+    parser.add_argument("--merge", type=Path, nargs="+", metavar="JSON",
+                        help="combine the variants of runs made with --variants into one report in --out")
+    parser.add_argument("--note", action="append", help="with --merge: a line for the report's notes")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads for training")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     args = parser.parse_args()
     if args.quick:
-        args.steps, args.train, args.held, args.calib, args.minilm_steps = 20, 600, 64, 32, 5
+        args.steps, args.train, args.held, args.calib, args.minilm_steps, args.check_every = 20, 600, 64, 32, 5, 10
     import torch
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     report: dict[str, Any]
     if args.minilm_only:
         report = json.loads((args.out / "outliers.json").read_text())
@@ -417,9 +659,16 @@ def main() -> int:
         return 0
     report = {"machine": _common.machine_info(), "settings": {
         k: v for k, v in vars(args).items() if k not in ("out", "quick", "skip_minilm", "minilm_only")}}
-    data = build_data(args.train, args.held, args.vocab, args.sequence, args.seed)
-    report["data"] = {k: data[k] for k in ("vocab", "coverage", "tokens_per_sentence")}
-    log(f"data: vocabulary {data['vocab']}, coverage {data['coverage']:.3f}")
+    if args.merge:
+        return merge(args.merge, args.out, args.note)
+    data = cached_data(args)
+    if args.prepare:
+        if args.encoder is None:
+            raise SystemExit("--prepare needs --encoder")
+        export_encoder(args.encoder, data["vocab"], args.layers, args.hidden, args.heads, args.sequence, args.seed)
+        return 0
+    report["data"] = {k: data[k] for k in ("vocab", "coverage", "tokens_per_sentence", "delimiter_share", "blocks")}
+    log(f"data: {json.dumps(report['data'])}")
     held_ids, held_mask = data["held"]
     held_inputs, held_labels = mask_tokens(held_ids, held_mask, data["vocab"], np.random.default_rng(args.seed + 7))
     evaluation = (held_inputs, held_mask, held_labels)
@@ -428,18 +677,30 @@ def main() -> int:
     calib = {"input_ids": calib_inputs, "attention_mask": calib_mask}
     report["scratch"] = {}
     with tempfile.TemporaryDirectory(prefix="graphopt-outliers-") as scratch:
-        path = Path(scratch) / "encoder.onnx"
-        export_encoder(path, data["vocab"], args.layers, args.hidden, args.heads, args.sequence, args.seed)
+        path = args.encoder if args.encoder is not None and args.encoder.exists() else Path(scratch) / "encoder.onnx"
+        if not path.exists():
+            export_encoder(path, data["vocab"], args.layers, args.hidden, args.heads, args.sequence, args.seed)
+        wanted = args.variants.split(",")
         for name, model in variants(path).items():
+            if name not in wanted:
+                continue
             log(f"{name}: training {args.steps} steps")
-            train = train_mlm(model, data, args.steps, args.batch, args.lr, args.seed)
+            train = train_mlm(model, data, args.steps, args.batch, args.lr, args.seed, args.check_every,
+                              args.weight_decay)
             row: dict[str, Any] = {"train": train, "ppl_fp32": perplexity(model, *evaluation)}
             row.update(outliers(model, {"input_ids": held_ids, "attention_mask": held_mask}))
+            row["stream"] = stream_statistics(model, {"input_ids": held_ids, "attention_mask": held_mask})
             for method in ("percentile", "minmax"):
                 row[f"ppl_w8a8_{method}"] = w8a8_perplexity(model, calib, evaluation, method)
             report["scratch"][name] = row
             log(f"{name}: ppl {row['ppl_fp32']:.2f}, max|x| {row['max_abs']:.2f}, kurtosis {row['kurtosis']:.2f}, "
+                f"stream {json.dumps(row['stream']['summary'])}, "
                 f"W8A8 ppl {row['ppl_w8a8_percentile']:.2f} / {row['ppl_w8a8_minmax']:.2f}")
+    if args.skip_minilm and (args.out / "outliers.json").exists() and not args.quick:
+        old = json.loads((args.out / "outliers.json").read_text())
+        earlier = old.get("minilm") or []
+        report["minilm"] = [{**m, "earlier": True, "machine": m.get("machine", old.get("machine"))}
+                            for m in (earlier if isinstance(earlier, list) else [earlier])]
     if not args.skip_minilm:
         report["minilm"] = [minilm_part(args.minilm_steps, args.minilm_lr, 4 * args.calib, args.held // 2, 64,
                                         args.penalty, args.seed)]

@@ -10,7 +10,7 @@ from graphopt.cli._common import emit_json, progress
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "finetune",
-        help="train chosen initializers (adapters, gates, all) and write them back",
+        help="train chosen initializers (adapters, gates, clip, all) and write them back",
         description="Run MODEL with graphopt's differentiable torch executor, train the chosen initializers "
         "with Adam against labels in the data (keyed by output name) or the outputs of a teacher graph "
         "(distillation, teacher run in onnxruntime), write the trained values into OUT, and check that "
@@ -22,8 +22,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="training data: graph inputs (and targets keyed by output name), samples on axis 0")
     parser.add_argument("--teacher", metavar="ORIGINAL.onnx", help="distil towards this model's outputs")
     parser.add_argument("--eval-data", metavar="EVAL.npz", help="held-out data for the loss before/after")
-    parser.add_argument("--trainable", default="all", metavar="adapters|gates|all|NAMES",
-                        help="what to train: adapters, gates, all, or comma-separated names/globs (default all)")
+    parser.add_argument("--trainable", default="all", metavar="adapters|gates|clip|all|NAMES",
+                        help="what to train: adapters, gates, clip (clipped-softmax gamma/zeta), all, or "
+                        "comma-separated names/globs (default all)")
     parser.add_argument("--steps", type=int, default=100, help="optimizer steps (default 100)")
     parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
     parser.add_argument("--batch-size", type=int, default=8, help="samples per step (default 8)")

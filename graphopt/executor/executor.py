@@ -24,10 +24,11 @@ from graphopt.executor._registry import OpContext, OpFn, lookup, tensor_from_ir
 
 __all__ = ["TRAINABLE_MARKERS", "TorchExecutor", "select_trainable"]
 
-#: Named selections: ``adapters`` and ``gates`` are the initializers the rewrite passes insert, named
-#: ``graphopt.adapter.*`` / ``graphopt.gate.*`` (frozen parts such as NOLA's random bases excluded,
-#: see :mod:`graphopt.rewrites._markers`); ``all`` is every floating-point initializer.
-TRAINABLE_MARKERS = ("adapters", "gates", "all")
+#: Named selections: ``adapters``, ``gates`` and ``clip`` are the initializers the rewrite passes insert,
+#: named ``graphopt.adapter.*`` / ``graphopt.gate.*`` / ``graphopt.clip.*`` (clipped-softmax with
+#: ``parameters=layer|head``; frozen parts such as NOLA's random bases excluded, see
+#: :mod:`graphopt.rewrites._markers`); ``all`` is every floating-point initializer.
+TRAINABLE_MARKERS = ("adapters", "gates", "clip", "all")
 
 Trainable = str | Sequence[str] | None
 
@@ -49,7 +50,9 @@ def select_trainable(model: ir.Model, trainable: Trainable) -> list[str]:
         return []
     items = [s.strip() for s in trainable.split(",")] if isinstance(trainable, str) else list(trainable)
     items = [s for s in items if s]
-    from graphopt.rewrites._markers import is_adapter, is_gate, is_trainable
+    from graphopt.rewrites._markers import is_adapter, is_clip, is_gate, is_trainable
+
+    markers = {"adapters": is_adapter, "gates": is_gate, "clip": is_clip}
 
     floats = [
         name for name, value in model.graph.initializers.items()
@@ -59,16 +62,15 @@ def select_trainable(model: ir.Model, trainable: Trainable) -> list[str]:
     for item in items:
         if item == "all":
             found = set(floats)
-        elif item == "adapters":
-            found = {n for n in floats if is_adapter(n) and is_trainable(n)}
-        elif item == "gates":
-            found = {n for n in floats if is_gate(n) and is_trainable(n)}
+        elif item in markers:
+            found = {n for n in floats if markers[item](n) and is_trainable(n)}
         else:
             found = {n for n in floats if n == item or fnmatch.fnmatchcase(n, item)}
         if not found:
-            hint = ""
-            if item in ("adapters", "gates"):
-                hint = " (no initializer has the graphopt.adapter./graphopt.gate. prefix)"
+            prefix = {"adapters": "graphopt.adapter.", "gates": "graphopt.gate.", "clip": "graphopt.clip."}.get(item)
+            hint = f": the model has no {prefix}* initializers" if prefix else ""
+            if item == "clip":
+                hint += " (apply clipped-softmax with parameters=layer or head first)"
             raise UsageError(f"trainable {item!r} selects no floating-point initializer of the model{hint}")
         chosen |= found
     return [n for n in floats if n in chosen]

@@ -2,6 +2,7 @@
 
 The loss compares the graph's outputs with targets: arrays in ``data`` keyed by output name
 (labels), or the outputs of a ``teacher`` graph computed once with onnxruntime (distillation).
+``trainable`` takes the executor's selections (``adapters``, ``gates``, ``clip``, ``all``, names, globs).
 ``mse`` is ``mean((y - t)^2)``, ``cosine`` is ``mean(1 - cos(y, t))`` over the last axis, ``ce`` is
 cross-entropy over the last axis against integer labels or the teacher's softmax.
 """

@@ -1,7 +1,8 @@
 """Name prefixes of initializers that rewrites insert, so that other tools can select them.
 
-Adapters (LoRA, NOLA, BitDelta) are named ``graphopt.adapter.<layer>.<proj>.<part>`` and attention gates
-``graphopt.gate.<layer>.<part>``; the differentiable executor selects trainable parameters by these prefixes.
+Adapters (LoRA, NOLA, BitDelta) are named ``graphopt.adapter.<layer>.<proj>.<part>``, attention gates
+``graphopt.gate.<layer>.<part>`` and trainable clipped-softmax parameters ``graphopt.clip.<layer>.gamma`` /
+``.zeta``; the differentiable executor selects trainable parameters by these prefixes.
 """
 
 from __future__ import annotations
@@ -13,17 +14,20 @@ import onnx_ir as ir
 
 __all__ = [
     "ADAPTER_PREFIX",
+    "CLIP_PREFIX",
     "FROZEN_PARTS",
     "GATE_PREFIX",
     "INSERTED_BY_KEY",
     "MarkedNodes",
     "is_adapter",
+    "is_clip",
     "is_gate",
     "is_trainable",
 ]
 
 ADAPTER_PREFIX = "graphopt.adapter."
 GATE_PREFIX = "graphopt.gate."
+CLIP_PREFIX = "graphopt.clip."
 # metadata_props key set on every node a graphopt rewrite inserts (value: the pass name)
 INSERTED_BY_KEY = "graphopt.inserted_by"
 # last name parts of inserted initializers that stay frozen in training (NOLA's random bases, BitDelta's signs)
@@ -40,9 +44,14 @@ def is_gate(name: str) -> bool:
     return name.startswith(GATE_PREFIX)
 
 
+def is_clip(name: str) -> bool:
+    """True for a clipping parameter (gamma, zeta) inserted by the clipped-softmax pass."""
+    return name.startswith(CLIP_PREFIX)
+
+
 def is_trainable(name: str) -> bool:
-    """True for an inserted adapter or gate parameter that fine-tuning updates."""
-    return (is_adapter(name) or is_gate(name)) and name.rsplit(".", 1)[-1] not in FROZEN_PARTS
+    """True for an inserted adapter, gate or clipping parameter that fine-tuning updates."""
+    return (is_adapter(name) or is_gate(name) or is_clip(name)) and name.rsplit(".", 1)[-1] not in FROZEN_PARTS
 
 
 class MarkedNodes:

@@ -3,8 +3,9 @@
 ``clipped-softmax`` lets a head assign exact zeros (and ones) without pushing its logits to extremes;
 ``gated-attention`` lets a head scale its own output down instead. Both find attention blocks with
 :func:`graphopt.analysis._attention.find_attention`; inserted nodes carry
-``metadata_props[INSERTED_BY_KEY] = pass name`` and gate parameters are initializers named
-``graphopt.gate.<layer>.weight`` / ``.bias`` (:mod:`graphopt.rewrites._markers`).
+``metadata_props[INSERTED_BY_KEY] = pass name``; gate parameters are initializers named
+``graphopt.gate.<layer>.weight`` / ``.bias`` and trainable clipping parameters
+``graphopt.clip.<layer>.gamma`` / ``.zeta`` (:mod:`graphopt.rewrites._markers`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from onnxscript.rewriter._basics import MatchResult
 from graphopt.analysis._attention import AttentionBlock, find_attention
 from graphopt.errors import UsageError
 from graphopt.passes import GraphoptPass, PassSettings, register_pass, setting
-from graphopt.rewrites._markers import GATE_PREFIX, INSERTED_BY_KEY, MarkedNodes
+from graphopt.rewrites._markers import CLIP_PREFIX, GATE_PREFIX, INSERTED_BY_KEY, MarkedNodes
 
 __all__ = [
     "ClipSoftmaxPass",
@@ -46,6 +47,19 @@ def value_dtypes(model: ir.Model) -> dict[str, ir.DataType]:
     return {v.name: v.dtype for n in work.graph for v in n.outputs if v.name and v.dtype is not None}
 
 
+def _value_shapes(model: ir.Model) -> dict[str, ir.Shape]:
+    """Shapes of all named values from ONNX shape inference on a copy, symbolic dims kept symbolic
+    (intermediate values often declare none)."""
+    from onnx_ir.passes.common import ShapeInferencePass
+
+    try:
+        work = ShapeInferencePass()(model.clone()).model
+    except Exception as error:  # inference is a best effort: without it, shapes stay unknown
+        logger.info("clipped-softmax: shape inference failed: %s", error)
+        return {}
+    return {v.name: v.shape for n in work.graph for v in n.outputs if v.name and v.shape is not None}
+
+
 def _dtype(value: ir.Value, dtypes: dict[str, ir.DataType] | None) -> ir.DataType | None:
     return value.dtype if value.dtype is not None else (dtypes or {}).get(value.name or "")
 
@@ -63,13 +77,20 @@ def _scalar(value: float, dtype: ir.DataType) -> ir.TensorProtocol:
 
 class _ClippedSoftmax(pattern.RewriteRuleClassBase):
     """``Softmax(x) -> Clip((zeta - gamma) * Softmax(x) + gamma, 0, 1)``, ``gamma`` fixed or ``-alpha / T``
-    with ``T = Shape(x)[axis]`` computed at run time."""
+    with ``T = Shape(x)[axis]`` computed at run time.
+
+    With ``layers`` (Softmax node -> ``(layer, heads)``) and ``per_head``, ``gamma`` and ``zeta`` are
+    trainable initializers ``graphopt.clip.<layer>.gamma`` / ``.zeta`` registered in ``graph``: scalars, or
+    ``[heads, 1, 1]`` (one per head of a ``[..., heads, T, T]`` probability tensor)."""
 
     def __init__(self, gamma: float | None = None, zeta: float = 1.0, alpha: float = 4.0,
-                 softmaxes: frozenset[ir.Node] | None = None, dtypes: dict[str, ir.DataType] | None = None) -> None:
+                 softmaxes: frozenset[ir.Node] | None = None, dtypes: dict[str, ir.DataType] | None = None,
+                 layers: dict[ir.Node, tuple[int, int | None]] | None = None, per_head: bool = False,
+                 graph: ir.Graph | None = None, shapes: dict[str, ir.Shape] | None = None) -> None:
         super().__init__("ClippedSoftmax")
         self.gamma, self.zeta, self.alpha, self.softmaxes = gamma, zeta, alpha, softmaxes
-        self.dtypes = dtypes
+        self.dtypes, self.layers, self.per_head, self.graph = dtypes, layers, per_head, graph
+        self.shapes = shapes or {}
 
     def pattern(self, op: Any, x: ir.Value) -> Any:
         return op.Softmax(x, _allow_other_attributes=True, _outputs=["probs"])
@@ -85,8 +106,26 @@ class _ClippedSoftmax(pattern.RewriteRuleClassBase):
         if _dtype(x, self.dtypes) not in _FLOATS:
             return result.fail(f"Softmax input type {_dtype(x, self.dtypes)} is not a float type", x)
         opset = context.model.opset_imports.get("", context.model.opset_imports.get("ai.onnx", 0))
-        if self.gamma is None and opset < 15 and _static_dim(x, _axis(node)) is None:
+        if self.layers is not None:
+            return self._check_trainable(result, node, x)
+        if self.gamma is None and opset < 15 and _static_dim(x.shape, _axis(node)) is None:
             return result.fail("dynamic softmax length needs opset >= 15 (Shape start/end); give gamma", x)
+        return result
+
+    def _check_trainable(self, result: MatchResult, node: ir.Node, x: ir.Value) -> MatchResult:
+        if node not in self.layers:  # type: ignore[operator]
+            return result.fail("Softmax has no layer index for trainable clipping parameters", node)
+        shape = x.shape if x.shape is not None else self.shapes.get(x.name or "")
+        if self.gamma is None and _static_dim(shape, _axis(node)) is None:
+            return result.fail("trainable gamma needs a static softmax length to start at -alpha / T; give gamma", x)
+        if self.per_head:
+            heads = self.layers[node][1]  # type: ignore[index]
+            if heads is None:
+                return result.fail("number of heads unknown: use parameters=layer", node)
+            rank = len(shape) if shape is not None else None
+            dim = shape[-3] if shape is not None and rank is not None and rank >= 3 else None
+            if rank is None or rank < 3 or (isinstance(dim, int) and dim != heads):
+                return result.fail(f"Softmax input is not [..., {heads} heads, T, T]: use parameters=layer", x)
         return result
 
     def rewrite(self, op: Any, x: ir.Value, probs: ir.Value, **_: Any) -> ir.Value:
@@ -97,8 +136,18 @@ class _ClippedSoftmax(pattern.RewriteRuleClassBase):
         attributes = {k: a.value for k, a in node.attributes.items()}
         softmax = _mark(op.Softmax(x, **attributes), name)
         axis = _axis(node)
-        length = _static_dim(x, axis)
-        if self.gamma is not None or length is not None:
+        length = _static_dim(x.shape if x.shape is not None else self.shapes.get(x.name or ""), axis)
+        if self.layers is not None:  # trainable initializers
+            gamma = self.gamma if self.gamma is not None else -self.alpha / float(length)  # type: ignore[arg-type]
+            layer, heads = self.layers[node]
+            shape = (heads, 1, 1) if self.per_head and heads is not None else ()
+            prefix = f"{CLIP_PREFIX}{layer}."
+            assert self.graph is not None
+            gamma_value = _initializer(self.graph, prefix + "gamma", np.full(shape, gamma, dtype.numpy()))
+            zeta_value = _initializer(self.graph, prefix + "zeta", np.full(shape, self.zeta, dtype.numpy()))
+            scale = _mark(op.Sub(zeta_value, gamma_value), name)
+            shifted = _mark(op.Add(_mark(op.Mul(softmax, scale), name), gamma_value), name)
+        elif self.gamma is not None or length is not None:
             gamma = self.gamma if self.gamma is not None else -self.alpha / float(length)  # type: ignore[arg-type]
             scaled = _mark(op.Mul(softmax, op.Constant(value=_scalar(self.zeta - gamma, dtype))), name)
             shifted = _mark(op.Add(scaled, op.Constant(value=_scalar(gamma, dtype))), name)
@@ -117,11 +166,11 @@ def _axis(node: ir.Node) -> int:
     return int(attr.value) if attr is not None else -1
 
 
-def _static_dim(value: ir.Value, axis: int) -> int | None:
-    if value.shape is None:
+def _static_dim(shape: ir.Shape | None, axis: int) -> int | None:
+    if shape is None:
         return None
     try:
-        dim = value.shape[axis]
+        dim = shape[axis]
     except IndexError:
         return None
     return dim if isinstance(dim, int) and dim > 0 else None
@@ -129,10 +178,18 @@ def _static_dim(value: ir.Value, axis: int) -> int | None:
 
 def clipped_softmax_rule(gamma: float | None = None, zeta: float = 1.0, alpha: float = 4.0,
                          softmaxes: frozenset[ir.Node] | None = None,
-                         dtypes: dict[str, ir.DataType] | None = None) -> pattern.RewriteRule:
+                         dtypes: dict[str, ir.DataType] | None = None,
+                         layers: dict[ir.Node, tuple[int, int | None]] | None = None, per_head: bool = False,
+                         graph: ir.Graph | None = None,
+                         shapes: dict[str, ir.Shape] | None = None) -> pattern.RewriteRule:
     """The clipped-softmax rule; ``softmaxes`` limits it to those Softmax nodes; ``dtypes``
-    gives element types of values that declare none."""
-    return _ClippedSoftmax.rule(gamma=gamma, zeta=zeta, alpha=alpha, softmaxes=softmaxes, dtypes=dtypes)
+    gives element types of values that declare none; ``layers`` (Softmax node -> ``(layer, heads)``)
+    makes ``gamma``/``zeta`` trainable initializers of ``graph`` (per head with ``per_head``); ``shapes``
+    gives shapes of values that declare none (the Softmax input's rank and length matter)."""
+    if layers is not None and graph is None:
+        raise UsageError("clipped_softmax_rule: trainable parameters (layers) need the graph")
+    return _ClippedSoftmax.rule(gamma=gamma, zeta=zeta, alpha=alpha, softmaxes=softmaxes, dtypes=dtypes,
+                                layers=layers, per_head=per_head, graph=graph, shapes=shapes)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,6 +198,10 @@ class ClipSoftmaxSettings(PassSettings):
     zeta: float = setting(1.0, "upper stretch zeta (>= 1)")
     alpha: float = setting(4.0, "gamma = -alpha / T when gamma is not given", search=(2.0, 3.0, 4.0))
     scope: str = setting("attention", "'attention': only Softmax nodes of recognised attention blocks; 'all'")
+    parameters: str = setting("constant", "'constant': gamma and zeta are Constant nodes; 'layer': trainable "
+                              "initializers graphopt.clip.<layer>.gamma/.zeta (finetune --trainable clip); "
+                              "'head': the same with one value per head, shape [H, 1, 1]",
+                              search=("constant", "layer", "head"))
 
     def validate(self) -> None:
         if self.gamma is not None and not (math.isfinite(self.gamma) and self.gamma <= 0):
@@ -151,6 +212,9 @@ class ClipSoftmaxSettings(PassSettings):
             raise UsageError(f"clipped-softmax: alpha must be positive, got {self.alpha}")
         if self.scope not in ("attention", "all"):
             raise UsageError(f"clipped-softmax: scope must be 'attention' or 'all', got {self.scope!r}")
+        if self.parameters not in ("constant", "layer", "head"):
+            raise UsageError(f"clipped-softmax: parameters must be 'constant', 'layer' or 'head', "
+                             f"got {self.parameters!r}")
 
 
 @register_pass
@@ -160,6 +224,12 @@ class ClipSoftmaxPass(GraphoptPass[ClipSoftmaxSettings]):
     ``gamma = -alpha / T`` by default, ``T`` the length of the softmax axis (a constant when the shape
     is static, computed from ``Shape(x)`` otherwise). ``gamma = 0, zeta = 1`` reproduces the original
     outputs exactly. Changes outputs otherwise (it is meant to be followed by fine-tuning).
+
+    ``parameters='layer'`` / ``'head'``: ``gamma`` and ``zeta`` become initializers
+    ``graphopt.clip.<layer>.gamma`` / ``.zeta`` (scalars, or ``[H, 1, 1]`` per head), ``layer`` counting
+    the clipped Softmax nodes in graph order, so that ``graphopt finetune --trainable clip`` trains them:
+    ``Clip(Add(Mul(Softmax(x), Sub(zeta, gamma)), gamma), 0, 1)``. Their start is ``gamma`` or
+    ``-alpha / T`` (``T`` must then be static).
     """
 
     name = "clipped-softmax"
@@ -169,20 +239,38 @@ class ClipSoftmaxPass(GraphoptPass[ClipSoftmaxSettings]):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         s = self.settings
         softmaxes = None
+        heads: dict[ir.Node, int | None] = {}
         if s.scope == "attention":
             located: list[dict[str, ir.Node | None]] = []
-            find_attention(model.graph, [], located=located)
-            softmaxes = frozenset(w["node"] for w in located
-                                  if w["node"] is not None and w["node"].op_type == "Softmax")
+            blocks = find_attention(model.graph, [], located=located)
+            if s.parameters == "head" and any(b.num_heads is None for b in blocks):
+                from graphopt.analysis import summarize
+
+                concrete = summarize(model).attention_blocks  # heads from concrete shapes, same graph order
+                blocks = list(concrete) if len(concrete) == len(blocks) else blocks
+            heads = {w["node"]: b.num_heads for b, w in zip(blocks, located)
+                     if w["node"] is not None and w["node"].op_type == "Softmax"}
+            softmaxes = frozenset(heads)
             if not softmaxes:
                 logger.info("clipped-softmax: no attention Softmax found")
                 return ir.passes.PassResult(model, False)
+        layers = None
+        if s.parameters != "constant":
+            order = [n for n in model.graph if n.op_type == "Softmax" and (softmaxes is None or n in softmaxes)
+                     and n.metadata_props.get(INSERTED_BY_KEY) != self.name]
+            layers = {n: (i, heads.get(n)) for i, n in enumerate(order)}
         untyped = any(n.op_type == "Softmax" and n.inputs[0] is not None and n.inputs[0].dtype is None
                       for n in model.graph)
         dtypes = value_dtypes(model) if untyped else None
-        rule = clipped_softmax_rule(s.gamma, s.zeta, s.alpha, softmaxes, dtypes)
+        unshaped = any(n.inputs[0] is not None and n.inputs[0].shape is None for n in (layers or {}))
+        rule = clipped_softmax_rule(s.gamma, s.zeta, s.alpha, softmaxes, dtypes, layers=layers,
+                                    per_head=s.parameters == "head", graph=model.graph,
+                                    shapes=_value_shapes(model) if unshaped else None)
         count = rule.apply_to_model(model)
         logger.info("clipped-softmax: %d Softmax node(s) clipped", count)
+        if not count and layers:
+            logger.warning("clipped-softmax: no Softmax clipped; trainable parameters need a static softmax length "
+                           "or an explicit gamma (and known heads for parameters=head)")
         return ir.passes.PassResult(model, count > 0)
 
 
