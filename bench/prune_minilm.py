@@ -18,9 +18,10 @@ thread; then the same fidelity measures on the evaluation sentences, in onnxrunt
 Digits: a small CNN trained with torch on scikit-learn's digits (8x8 images), exported with the dynamo
 exporter; 25/50/75% of the output channels of every convolution pruned with each importance method
 (calibration: 256 training images); test accuracy, parameters, MACs and latency (batch 256, same
-alternating run per fraction) next to the unpruned network. Healing: every pruned network fine-tuned
-with the executor on the training split (cross-entropy on the labels, ``DIGITS_HEAL_STEPS`` steps at
-batch 64); the unpruned network gets the same extra training as a control.
+alternating run, ``DIGITS_LATENCY_ROUNDS`` rounds) next to the unpruned network; activation importance
+of conv channels is FLAP's fluctuation score with mean compensation (see ``graphopt.rewrites.prune.channels``).
+Healing: every pruned network fine-tuned with the executor on the training split (cross-entropy on
+the labels, ``DIGITS_HEAL_STEPS`` steps at batch 64); the unpruned network gets the same extra training as a control.
 
 Hidden channels (``prune-hidden``, Minitron's embedding-channel pruning, 25/50% of the 384 channels of
 the residual stream): the sentence embedding shrinks with the stream, so its cosine to the unpruned
@@ -31,7 +32,7 @@ distilled, towards the unpruned embeddings' kept channels.
 Extras: ThinK (25/50% of the query/key channels) and unstructured 50% / 2:4 masked sparsity on MiniLM,
 with the same fidelity measures and latency (onnxruntime's CPU kernels are dense: no gain expected).
 
-    .venv/bin/python bench/prune_minilm.py [--quick] [--only minilm|digits|extras|heal|hidden]
+    .venv/bin/python bench/prune_minilm.py [--quick] [--only minilm|digits|extras|heal|hidden] [--latency-rounds N]
 
 ``--only`` reruns one part and keeps the other part's results from the existing JSON file; ``--only
 heal`` recomputes the pruned MiniLM models (pruning is deterministic: their cosine must equal the
@@ -77,6 +78,10 @@ CHANNEL_FRACTIONS = (0.25, 0.5, 0.75)
 HEAL_STEPS, HEAL_LR, HEAL_BATCH, HEAL_SEQUENCE = 40, 1e-4, 8, 64
 HEAL_ALL_AT = "heads+mlp 50%"  # every importance method is healed here; elsewhere only activation
 DIGITS_HEAL_STEPS, DIGITS_HEAL_LR = 200, 3e-3
+DIGITS_LATENCY_ROUNDS = 400  # alternating rounds of few-ms runs: the median needs many on a shared machine
+DIGITS_LATENCY_THREADS = 1  # a 2-thread pool on a loaded 2-CPU machine measures contention (p10-p90 0.03-20x)
+DIGITS_ACTIVATION = ("Var(y_c) * ||W'_c||^2 over the layers reading channel c, the removed channels' mean "
+                     "folded into their bias (FLAP)")
 
 
 def _scores(ref: np.ndarray, out: np.ndarray) -> dict[str, float]:
@@ -389,7 +394,7 @@ def _digits_cnn(folder: Path) -> tuple[Path, dict[str, np.ndarray], dict[str, np
     return path, {"x": x_train[:256]}, train, x_test, y_test, info
 
 
-def run_digits(quick: bool) -> dict[str, Any]:
+def run_digits(quick: bool, rounds: int = DIGITS_LATENCY_ROUNDS) -> dict[str, Any]:
     from graphopt._io import load_model, save_model
     from graphopt.analysis import summarize
     from graphopt.bench import benchmark
@@ -444,15 +449,22 @@ def run_digits(quick: bool) -> dict[str, Any]:
             row["accuracy_healed"] = heal(model)
             log(f"digits {fraction:.2f} {method:10s} healed: accuracy {row['accuracy']:.4f} -> "
                 f"{row['accuracy_healed']:.4f}")
-    report = benchmark(paths, {"x": x_test[:256]}, threads=THREADS, warmup=5, runs=10 if quick else 60,
-                       min_seconds=0)
-    latency = {"unpruned": {"median": 1.0, "p10": 1.0, "p90": 1.0}}
+    log(f"digits: latency, {10 if quick else rounds} alternating rounds, {DIGITS_LATENCY_THREADS} thread(s)")
+    report = benchmark(paths, {"x": x_test[:256]}, threads=DIGITS_LATENCY_THREADS, warmup=5,
+                       runs=10 if quick else rounds, min_seconds=0)
+    base_ms = report.models[0].median_ms
+    latency = {"unpruned": {"median": 1.0, "p10": 1.0, "p90": 1.0, "ms": base_ms, "of_medians": 1.0}}
     for ratio in report.ratios:
-        latency[labels[ratio.model]] = {"median": ratio.median, "p10": ratio.p10, "p90": ratio.p90}
+        ms = report.models[ratio.model].median_ms
+        latency[labels[ratio.model]] = {"median": ratio.median, "p10": ratio.p10, "p90": ratio.p90, "ms": ms,
+                                        "of_medians": ms / base_ms}
     for row in rows:
         row["latency_ratio"] = latency["unpruned" if row["fraction"] == 0.0 else str(row["fraction"])]
     shutil.rmtree(folder, ignore_errors=True)
     return {**info, "parameters": base_params, "macs": base_macs, "unpruned_latency_ms": report.models[0].median_ms,
+            "latency_rounds": 10 if quick else rounds, "latency_threads": DIGITS_LATENCY_THREADS,
+            "activation_criterion": DIGITS_ACTIVATION,
+            "machine": _common.machine_info(),
             "heal": {"steps": DIGITS_HEAL_STEPS, "lr": DIGITS_HEAL_LR, "batch_size": 64, "loss": "ce",
                      "trainable": "all", "data": f"the {info['train_images']} training images", "torch_threads": 1},
             "rows": rows}
@@ -542,19 +554,43 @@ def _markdown(data: dict[str, Any]) -> str:
         lines += ["", "## CNN on scikit-learn digits: output channels of every convolution pruned", "",
                   f"{digits['layers']}, trained {digits['epochs']} epochs on {digits['train_images']} images; "
                   f"accuracy on {digits['test_images']} test images; latency at batch 256 relative to unpruned "
-                  f"({digits['unpruned_latency_ms']:.2f} ms)."
+                  f"({digits['unpruned_latency_ms']:.2f} ms"
+                  + (f", {digits.get('latency_threads', data['threads'])} onnxruntime thread(s); median (p10-p90) "
+                     f"of the per-round ratios over {digits['latency_rounds']} alternating rounds, then the "
+                     "ratio of the median latencies" if "latency_rounds" in digits else "") + ")."
                   + (f" Fine-tuned: {digits['heal']['steps']} Adam steps (lr {digits['heal']['lr']:g}, batch "
                      f"{digits['heal']['batch_size']}, cross-entropy on the labels, all initializers) on "
                      f"{digits['heal']['data']} with graphopt's torch executor; the unpruned row got the same "
-                     f"extra training (control)." if "heal" in digits else ""), "",
-                  "| channels pruned | importance | accuracy | accuracy after fine-tuning | params | MACs | latency |",
-                  "|---|---|---|---|---|---|---|"]
+                     f"extra training (control)." if "heal" in digits else ""), ""]
+        if "machine" in digits:
+            lines += [f"These rows come from a separate run (`--only digits`, "
+                      f"{digits['machine']['date'][:16].replace('T', ' ')} UTC, load average "
+                      f"{digits['machine']['load_average'][0]:.1f} on {digits['machine']['cpu_count']} CPUs). "
+                      f"Activation importance of a channel c: {digits['activation_criterion']}.", ""]
+        per_ms = all("of_medians" in r["latency_ratio"] for r in digits["rows"])
+        lines += ["| channels pruned | importance | accuracy | accuracy after fine-tuning | params | MACs | latency |"
+                  + (" latency, ratio of medians |" if per_ms else ""),
+                  "|---|---|---|---|---|---|---|" + ("---|" if per_ms else "")]
         for r in digits["rows"]:
             lat = r["latency_ratio"]
             healed = f"{r['accuracy_healed']:.4f}" if "accuracy_healed" in r else "-"
             lines.append(f"| {r['fraction']:.0%} | {r['importance']} | {r['accuracy']:.4f} | {healed} | "
                          f"{r['parameter_ratio']:.3f} | {r['mac_ratio']:.3f} | "
-                         f"{lat['median']:.3f} ({lat['p10']:.2f}-{lat['p90']:.2f}) |")
+                         f"{lat['median']:.3f} ({lat['p10']:.2f}-{lat['p90']:.2f}) |"
+                         + (f" {lat['of_medians']:.3f} ({lat['ms']:.2f} ms) |" if per_ms else ""))
+        verdicts = []
+        for fraction in CHANNEL_FRACTIONS:
+            by = {r["importance"]: r["accuracy"] for r in digits["rows"] if r["fraction"] == fraction}
+            if "activation" in by:
+                beaten = [m for m in ("magnitude", "random") if m in by and by["activation"] <= by[m]]
+                verdicts.append(f"{fraction:.0%} " + ("met" if not beaten else f"NOT met (<= {', '.join(beaten)})"))
+        lines += ["", "Goal, activation importance above magnitude and random in accuracy before fine-tuning: "
+                  + "; ".join(verdicts) + "."]
+        previous = digits.get("previous_activation")
+        if previous:
+            lines += ["", f"Before (issue 5), activation importance was {previous['criterion']}: accuracy "
+                      + ", ".join(f"{r['fraction']:.0%} {r['accuracy']:.4f} (fine-tuned {r['accuracy_healed']:.4f})"
+                                  for r in previous["rows"]) + f", from the run of {previous['date'][:16]} UTC."]
     extras = data.get("extras")
     if extras:
         lines += ["", "## ThinK key-channel pruning and masked sparsity on MiniLM", "",
@@ -575,6 +611,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer latency rounds")
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"), help="results folder")
+    parser.add_argument("--latency-rounds", type=int, default=DIGITS_LATENCY_ROUNDS,
+                        help="alternating latency rounds of the digits CNN")
     parser.add_argument("--only", choices=("minilm", "digits", "extras", "heal", "hidden"),
                         help="rerun one part, keep the others (heal: distil the stored MiniLM rows again; "
                         "hidden: measure the hidden-channel rows and merge them in)")
@@ -588,7 +626,18 @@ def main() -> None:
         kept = {k: data[k] for k in ("digits", "extras") if args.only and k in data}
         data = {**run(args.quick), **kept}
     if args.only in (None, "digits"):
-        data["digits"] = run_digits(args.quick)
+        digits = run_digits(args.quick, args.latency_rounds)
+        if args.only:  # re-read: the stored file may have changed during the run
+            data = json.loads((out / "prune_minilm.json").read_text())
+        old = data.get("digits") if args.only else None
+        data["digits"] = digits
+        if old and "previous_activation" in old:
+            data["digits"]["previous_activation"] = old["previous_activation"]
+        elif old and "activation_criterion" not in old:  # stored before the criterion changed: keep for comparison
+            data["digits"]["previous_activation"] = {
+                "criterion": "the mean |y_c| of the channel alone", "date": data["machine"]["date"],
+                "rows": [{k: r[k] for k in ("fraction", "accuracy", "accuracy_healed")}
+                         for r in old["rows"] if r["importance"] == "activation"]}
     if args.only in (None, "extras"):
         data["extras"] = run_extras(args.quick)
     if args.only == "heal":

@@ -10,11 +10,19 @@ The channels flow from the convolution through channel-wise ops (activations, po
 elementwise ops with a constant) to the convolutions or linear layers that read them. A group stops
 being prunable (with a reason) when its channels reach anything else: a residual ``Add`` of two
 computed tensors, a ``Concat``, a grouped/depthwise convolution, a graph output.
+
+``activation`` importance is fluctuation-based (FLAP, An et al. 2024): with ``y_c`` the channel as a reader
+``R`` reads it (after activation/pooling) and ``R_c`` the reader weights it meets,
+``score_c = sum_R Var(y_c) * ||R_c||^2``, the expected squared error its removal leaves in the readers'
+outputs once its mean is compensated: ``bias_R += sum_{c removed} E[y_c] * sum_k R_c`` (the kernel sum; exact
+away from zero padding). A mean ``|y_c|`` alone (Minitron's neuron score) is not invariant to the ReLU
+rescaling ``y_c -> a y_c, R_c -> R_c / a`` and kept channels that carry a large constant.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -26,7 +34,10 @@ from graphopt.rewrites.prune._base import PruneSettings, StructuredPrunePass, fi
 from graphopt.rewrites.prune._edit import const_array, remap_shape_input, replace_const_input
 from graphopt.rewrites.prune._importance import _collect, _need_feeds
 
-__all__ = ["ChannelGroup", "PruneChannelsPass", "channel_groups", "channel_scores", "prune_channel_group"]
+__all__ = ["ChannelGroup", "PruneChannelsPass", "channel_groups", "channel_scores", "channel_statistics",
+           "prune_channel_group"]
+
+logger = logging.getLogger(__name__)
 
 _CHANNELWISE = frozenset({"Relu", "LeakyRelu", "Sigmoid", "Tanh", "Clip", "HardSwish", "HardSigmoid", "Elu",
                           "Selu", "Softplus", "Gelu", "MaxPool", "AveragePool", "Dropout", "Identity", "Cast",
@@ -46,6 +57,7 @@ class ChannelGroup:
     shapes: list[ir.Node] = dataclasses.field(default_factory=list)
     activation: ir.Value | None = None  # what the readers read: the channels after activation/pooling
     reason: str | None = None
+    means: list[np.ndarray] | None = None  # per reader, its input's channel means (set by activation scoring)
 
 
 class _Stop(Exception):
@@ -65,10 +77,8 @@ def channel_groups(model: ir.Model) -> list[ChannelGroup]:
                 raise _Stop("weight is not a constant")
             if _attr(node, "group", 1) != 1:
                 raise _Stop("grouped or depthwise convolution")
-            if len(node.inputs) > 2 and node.inputs[2] is not None:
-                if const_array(node.inputs[2]) is None:
-                    raise _Stop("computed bias")
-                group.consts.append((node, 2, 0))
+            if len(node.inputs) > 2 and node.inputs[2] is not None and const_array(node.inputs[2]) is None:
+                raise _Stop("computed bias")  # a constant bias is sliced with W (it may gain one later)
             _follow(model.graph, group)
         except _Stop as exc:
             group.reason = str(exc)
@@ -106,6 +116,11 @@ def _follow(graph: ir.Graph, group: ChannelGroup) -> None:
                 if weight is None or weight.ndim != 2:
                     raise _Stop(f"read by {op} {node.name!r} without a constant weight")
                 trans = op == "Gemm" and _attr(node, "transB", 0)
+                if op == "Gemm" and _attr(node, "transA", 0):
+                    raise _Stop(f"read by Gemm {node.name!r} with transA")
+                if weight.shape[1 if trans else 0] != c:
+                    raise _Stop(f"read by {op} {node.name!r} whose weight does not have {c} input features "
+                                "(spatial positions flattened with the channels)")
                 group.readers.append((node, 1 if trans else 0))
                 group.activation = value
                 continue
@@ -147,17 +162,30 @@ def _follow(graph: ir.Graph, group: ChannelGroup) -> None:
         raise _Stop("no convolution or linear layer reads these channels")
 
 
-def prune_channel_group(model: ir.Model, group: ChannelGroup, keep: Sequence[int]) -> bool:
-    """Keep only output channels ``keep`` of ``group.conv``; returns whether it changed."""
+def prune_channel_group(model: ir.Model, group: ChannelGroup, keep: Sequence[int],
+                        means: Sequence[np.ndarray] | None = None) -> bool:
+    """Keep only output channels ``keep`` of ``group.conv``; returns whether it changed.
+
+    ``means`` (one array of ``C`` channel means per reader, from :func:`channel_statistics`; by default
+    ``group.means``, which ``activation`` scoring sets) folds the mean of every removed channel into its readers'
+    bias."""
     if group.reason is not None:
         raise ValueError(f"conv {group.conv.name!r} cannot be pruned: {group.reason}")
     kept = np.array(sorted(int(k) for k in keep), dtype=np.int64)
     if len(kept) == group.channels:
         return False
     graph = model.graph
+    means = group.means if means is None else means
+    if means is not None:
+        removed = np.setdiff1d(np.arange(group.channels), kept)
+        for (node, axis), mean in zip(group.readers, means):
+            _compensate(graph, node, axis, removed, np.asarray(mean, dtype=np.float64))
     weight = const_array(group.conv.inputs[1])
     assert weight is not None
     replace_const_input(graph, group.conv, 1, weight[kept], group.conv.inputs[1].name or "w")  # type: ignore[union-attr]
+    bias = const_array(group.conv.inputs[2]) if len(group.conv.inputs) > 2 else None
+    if bias is not None:  # read now: compensating an earlier group may have given this conv its bias
+        replace_const_input(graph, group.conv, 2, bias[kept], group.conv.inputs[2].name or "b")  # type: ignore[union-attr]
     for node, index, axis in group.consts:
         array = const_array(node.inputs[index])
         assert array is not None
@@ -172,9 +200,84 @@ def prune_channel_group(model: ir.Model, group: ChannelGroup, keep: Sequence[int
     return True
 
 
+def _compensate(graph: ir.Graph, node: ir.Node, axis: int, removed: np.ndarray, mean: np.ndarray) -> None:
+    """Add what the ``removed`` input channels of reader ``node`` contribute on average to its bias."""
+    weight = const_array(node.inputs[1])
+    assert weight is not None
+    per_channel = np.moveaxis(weight.astype(np.float64), axis, 0)[removed]  # [removed, out, (kernel...)]
+    delta = (per_channel.reshape(len(removed), per_channel.shape[1], -1).sum(axis=2) * mean[removed, None]).sum(0)
+    dtype = weight.dtype
+    if node.op_type == "MatMul":
+        out = node.outputs[0]
+        if out.is_graph_output():
+            logger.warning("prune-channels: no mean compensation for %r (its output is a graph output)", node.name)
+            return
+        uses = list(out.uses())
+        add = ir.node("Add", [out, out], name=f"{node.name or 'matmul'}.compensation")
+        graph.insert_after(node, add)
+        replace_const_input(graph, add, 1, delta.astype(dtype), "compensation")
+        for user, index in uses:
+            user.replace_input_with(index, add.outputs[0])
+        return
+    scale = 1.0
+    if node.op_type == "Gemm":
+        alpha, beta = _float_attr(node, "alpha"), _float_attr(node, "beta")
+        if beta == 0.0:
+            logger.warning("prune-channels: no mean compensation for Gemm %r (beta = 0)", node.name)
+            return
+        scale = alpha / beta
+    has_bias = len(node.inputs) > 2 and node.inputs[2] is not None
+    bias = const_array(node.inputs[2]) if has_bias else np.zeros(len(delta), dtype=dtype)
+    if bias is None:
+        logger.warning("prune-channels: no mean compensation for %r (its bias is computed)", node.name)
+        return
+    node.resize_inputs(max(len(node.inputs), 3))
+    merged = bias + scale * delta  # a scalar or [1, out] bias broadcasts
+    hint = node.inputs[2].name if node.inputs[2] is not None and node.inputs[2].name else "bias"
+    replace_const_input(graph, node, 2, merged.astype(bias.dtype), hint)
+
+
+def _float_attr(node: ir.Node, name: str) -> float:
+    attr = node.attributes.get(name)
+    return float(attr.value) if attr is not None else 1.0
+
+
+def _reader_weight_energy(group: ChannelGroup, node: ir.Node, axis: int) -> np.ndarray:
+    """``||R_c||^2``: squared norm of the weights reader ``node`` applies to each channel."""
+    array = const_array(node.inputs[1])
+    assert array is not None
+    return np.square(np.moveaxis(array, axis, 0).astype(np.float64)).reshape(group.channels, -1).sum(axis=1)
+
+
+def channel_statistics(model: ir.Model, groups: Sequence[ChannelGroup],
+                       feeds: Mapping[str, np.ndarray]) -> list[list[tuple[np.ndarray, np.ndarray]]]:
+    """Per group, per reader: the mean and variance of each channel of the tensor that reader reads,
+    over calibration samples and positions."""
+    jobs: dict[str, tuple[Sequence[str], Any]] = {}
+    for i, g in enumerate(groups):
+        for node, _ in g.readers:
+            name = node.inputs[0].name or ""  # type: ignore[union-attr]
+            jobs[f"{i}:{name}"] = ([name], lambda a: np.concatenate([a[0].sum(axis=0), np.square(a[0]).sum(axis=0),
+                                                                      [len(a[0])]]))
+    totals = _collect(model, feeds, jobs, channel_axis=1)
+    out = []
+    for i, g in enumerate(groups):
+        stats = []
+        for node, _ in g.readers:
+            total = totals[f"{i}:{node.inputs[0].name or ''}"]  # type: ignore[union-attr]
+            count = max(float(total[-1]), 1.0)
+            mean = total[:g.channels] / count
+            stats.append((mean, np.maximum(total[g.channels:2 * g.channels] / count - np.square(mean), 0.0)))
+        out.append(stats)
+    return out
+
+
 def channel_scores(model: ir.Model, groups: Sequence[ChannelGroup], method: str,
-                   feeds: Mapping[str, np.ndarray] | None, seed: int) -> list[np.ndarray]:
-    """Per group, a score per output channel: ``activation`` mean ``|y_c|``,
+                   feeds: Mapping[str, np.ndarray] | None, seed: int,
+                   statistics: Sequence[Sequence[tuple[np.ndarray, np.ndarray]]] | None = None) -> list[np.ndarray]:
+    """Per group, a score per output channel: ``activation`` ``sum_R Var(y_c) * ||R_c||^2`` over the readers
+    (see the module docstring; ``statistics`` from :func:`channel_statistics` saves a calibration run; it also
+    sets ``group.means``, so that :func:`prune_channel_group` compensates the removed channels' means),
     ``magnitude`` the filter norm ``||W_c||``, ``wanda`` ``||y_c|| * sum |W'_{:,c}|`` over the layers
     that read channel ``c``, ``random``; ``y`` is the tensor those layers read (after the activation)."""
     if method == "random":
@@ -188,34 +291,32 @@ def channel_scores(model: ir.Model, groups: Sequence[ChannelGroup], method: str,
             out.append(np.linalg.norm(weight.reshape(g.channels, -1).astype(np.float64), axis=1))
         return out
     data = _need_feeds(method, feeds)
-
+    if method == "activation":
+        stats = statistics if statistics is not None else channel_statistics(model, groups, data)
+        for g, s in zip(groups, stats):
+            g.means = [mean for mean, _ in s]
+        return [sum((var * _reader_weight_energy(g, node, axis) for (node, axis), (_, var) in zip(g.readers, s)),
+                    np.zeros(g.channels)) for g, s in zip(groups, stats)]
     jobs: dict[str, tuple[Sequence[str], Any]] = {}
     for i, g in enumerate(groups):
         source = g.activation or g.conv.outputs[0]
-        name = source.name or ""
-        if method == "activation":
-            jobs[str(i)] = ([name], lambda a: np.concatenate([np.abs(a[0]).sum(axis=0), [len(a[0])]]))
-        else:
-            jobs[str(i)] = ([name], lambda a: np.square(a[0]).sum(axis=0))
+        jobs[str(i)] = ([source.name or ""], lambda a: np.square(a[0]).sum(axis=0))
     totals = _collect(model, data, jobs, channel_axis=1)
     out = []
     for i, g in enumerate(groups):
-        total = totals[str(i)]
-        if method == "activation":
-            out.append(total[:-1] / max(total[-1], 1.0))
-            continue
         readers = np.zeros(g.channels)
         for node, axis in g.readers:
             array = const_array(node.inputs[1])
             assert array is not None
             readers += np.abs(np.moveaxis(array, axis, 0).astype(np.float64)).reshape(g.channels, -1).sum(axis=1)
-        out.append(readers * np.sqrt(total))
+        out.append(readers * np.sqrt(totals[str(i)]))
     return out
 
 
 @register_pass
 class PruneChannelsPass(StructuredPrunePass):
-    """Remove ``round(fraction * C_out)`` of the least important output channels of every prunable Conv."""
+    """Remove ``round(fraction * C_out)`` of the least important output channels of every prunable Conv;
+    with ``activation`` importance the mean of each removed channel is folded into its readers' bias."""
 
     name = "prune-channels"
     Settings = PruneSettings

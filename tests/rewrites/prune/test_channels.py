@@ -79,5 +79,7 @@ def test_activation_scores_read_what_the_next_layer_reads() -> None:
     groups = channel_groups(model)
     assert [g.activation.name for g in groups] == ["p1", "f"]  # type: ignore[union-attr]
     scores = channel_scores(model, groups, "activation", FEEDS, 0)
-    acts = next(iter(iter_activations(model, FEEDS, ["p1"], batch_size=None)))["p1"]
-    np.testing.assert_allclose(scores[0], np.abs(acts).mean(axis=(0, 2, 3)), rtol=1e-5)
+    acts = next(iter(iter_activations(model, FEEDS, ["p1"], batch_size=None)))["p1"].astype(np.float64)
+    reader = model.graph.initializers["c2.w"].const_value.numpy().astype(np.float64)  # type: ignore[union-attr]
+    expected = acts.var(axis=(0, 2, 3)) * np.square(reader).sum(axis=(0, 2, 3))  # Var(y_c) * ||W'_{:,c}||^2
+    np.testing.assert_allclose(scores[0], expected, rtol=1e-5)
