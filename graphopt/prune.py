@@ -74,6 +74,7 @@ def prune(
     feeds: Mapping[str, np.ndarray] | None = None,
     calibration: str = "",
     seed: int = 0,
+    multiple_of: int = 1,
 ) -> PruneResult:
     """Prune ``model`` in place: drop ``layers`` layers, then ``heads`` and ``mlp`` fractions per block,
     ``think`` of every head's query/key channels (ThinK) and ``hidden`` of the residual stream's channels.
@@ -82,7 +83,8 @@ def prune(
     ones (activation, wanda) read ``feeds`` (arrays keyed by input name) or the ``calibration`` .npz path.
     Layers are scored with ``activation`` (block importance) when ``importance`` is ``wanda``; ThinK
     accepts only ``activation`` and ``magnitude``. Hidden pruning shrinks a graph output that carries the
-    stream (a sentence embedding: ``H -> H - round(hidden * H)`` dimensions).
+    stream (a sentence embedding: ``H -> H - round(hidden * H)`` dimensions). ``multiple_of`` rounds the
+    kept MLP neurons and hidden channels of every block to a multiple (8 or 16 suit CPU kernels).
     """
     if importance not in METHODS:
         raise UsageError(f"unknown importance {importance!r}; choose from {', '.join(METHODS)}")
@@ -93,10 +95,12 @@ def prune(
     passes = [
         PruneLayersPass(count=layers, importance=layer_method, calibration=calibration, seed=seed),
         PruneHeadsPass(fraction=heads, importance=importance, calibration=calibration, seed=seed),
-        PruneMlpPass(fraction=mlp, importance=importance, calibration=calibration, seed=seed),
+        PruneMlpPass(fraction=mlp, importance=importance, calibration=calibration, seed=seed,
+                     multiple_of=multiple_of),
         PruneKeyChannelsPass(fraction=think, importance=importance if think else "magnitude",
                              calibration=calibration, seed=seed),
-        PruneHiddenPass(fraction=hidden, importance=importance, calibration=calibration, seed=seed),
+        PruneHiddenPass(fraction=hidden, importance=importance, calibration=calibration, seed=seed,
+                        multiple_of=multiple_of),
     ]
     applied: list[str] = []
     skipped: list[str] = []

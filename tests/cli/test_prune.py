@@ -48,6 +48,9 @@ def test_prune_conv_channels(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert main(["prune", str(path), "-o", str(out), "--channels", "0.5"]) == 0
     assert "wrote" in capsys.readouterr().out
     assert parameter_count(load_model(out)) == 112 + 148 + 25
+    rounded = tmp_path / "cnn-rounded.onnx"
+    assert main(["prune", str(path), "-o", str(rounded), "--channels", "0.4", "--multiple-of", "4"]) == 0
+    assert parameter_count(load_model(rounded)) == 112 + 148 + 25  # 5 of 8 channels kept, rounded down to 4
 
 
 def test_prune_hidden_channels(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -106,6 +109,7 @@ def test_dry_run_prints_a_replayable_recipe(model_path: Path, capsys: pytest.Cap
     (["--nm", "2-4"], "pattern must be N:M"),
     (["--unstructured", "0.5", "--importance", "random"], "not random"),
     (["--hidden", "1.5"], "fraction must be in [0, 1)"),
+    (["--mlp", "0.5", "--multiple-of", "0"], "multiple_of must be at least 1"),
     (["--think", "0.5", "--importance", "random"], "--think ranks key channels by activation or magnitude"),
     (["--hidden", "0.5"], "nothing was pruned: residual stream 0: the hidden channels reach graph input 'x'"),
 ])

@@ -30,7 +30,7 @@ import numpy as np
 import onnx_ir as ir
 
 from graphopt.passes import register_pass
-from graphopt.rewrites.prune._base import PruneSettings, StructuredPrunePass, finish, top_units
+from graphopt.rewrites.prune._base import PruneSettings, StructuredPrunePass, finish, kept_units, top_units
 from graphopt.rewrites.prune._edit import const_array, remap_shape_input, replace_const_input
 from graphopt.rewrites.prune._importance import _collect, _need_feeds
 
@@ -315,7 +315,8 @@ def channel_scores(model: ir.Model, groups: Sequence[ChannelGroup], method: str,
 
 @register_pass
 class PruneChannelsPass(StructuredPrunePass):
-    """Remove ``round(fraction * C_out)`` of the least important output channels of every prunable Conv;
+    """Remove ``round(fraction * C_out)`` of the least important output channels of every prunable Conv
+    (the kept count rounded to a multiple of ``multiple_of``);
     with ``activation`` importance the mean of each removed channel is folded into its readers' bias."""
 
     name = "prune-channels"
@@ -327,13 +328,13 @@ class PruneChannelsPass(StructuredPrunePass):
             return ir.passes.PassResult(model, False)
         groups = channel_groups(model)
         self.note_skipped([f"conv {g.conv.name!r}: {g.reason}" for g in groups if g.reason])
-        live = [g for g in groups if g.reason is None and round(settings.fraction * g.channels) > 0]
+        live = [g for g in groups if g.reason is None and kept_units(g.channels, settings) < g.channels]
         if not live:
             return ir.passes.PassResult(model, False)
         scores = channel_scores(model, live, settings.importance, self.load_feeds(model), settings.seed)
         modified = False
         for group, score in zip(live, scores):
-            keep = top_units(score, group.channels - round(settings.fraction * group.channels))
+            keep = top_units(score, kept_units(group.channels, settings))
             modified = prune_channel_group(model, group, keep.tolist()) or modified
         if modified:
             finish(model)

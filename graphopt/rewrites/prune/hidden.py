@@ -32,7 +32,7 @@ import numpy as np
 import onnx_ir as ir
 
 from graphopt.passes import register_pass
-from graphopt.rewrites.prune._base import PruneSettings, StructuredPrunePass, finish, top_units
+from graphopt.rewrites.prune._base import PruneSettings, StructuredPrunePass, finish, kept_units, top_units
 from graphopt.rewrites.prune._edit import const_array, remap_shape_input, replace_const_input, shape_parts
 from graphopt.rewrites.prune._importance import _collect, _need_feeds
 
@@ -581,11 +581,11 @@ class PruneHiddenPass(StructuredPrunePass):
         self.note_skipped([f"residual stream {g.index}: {g.reason}" for g in groups if g.reason])
         modified = False
         for group in groups:
-            removed = round(settings.fraction * group.width)
-            if group.reason is not None or removed == 0:
+            kept = kept_units(group.width, settings)
+            if group.reason is not None or kept == group.width:
                 continue
             scores = hidden_scores(model, group, settings.importance, self.load_feeds(model), settings.seed)
-            keep = top_units(scores, group.width - removed)
+            keep = top_units(scores, kept)
             self.kept[group.index] = keep.tolist()
             modified = prune_hidden_group(model, group, keep.tolist()) or modified
         if modified:

@@ -83,3 +83,25 @@ def test_activation_scores_read_what_the_next_layer_reads() -> None:
     reader = model.graph.initializers["c2.w"].const_value.numpy().astype(np.float64)  # type: ignore[union-attr]
     expected = acts.var(axis=(0, 2, 3)) * np.square(reader).sum(axis=(0, 2, 3))  # Var(y_c) * ||W'_{:,c}||^2
     np.testing.assert_allclose(scores[0], expected, rtol=1e-5)
+
+
+
+def test_multiple_of_rounds_the_kept_channels() -> None:
+    import pytest
+
+    from graphopt.errors import UsageError
+    from graphopt.rewrites.prune._base import PruneSettings, kept_units
+
+    def kept(units: int, fraction: float, step: int) -> int:
+        return kept_units(units, PruneSettings(fraction=fraction, multiple_of=step))
+
+    assert [kept(64, 0.25, 1), kept(64, 0.25, 16), kept(64, 0.3, 16), kept(24, 0.5, 8)] == [48, 48, 48, 16]
+    assert kept(12, 0.5, 16) == 12  # fewer units than one multiple: the block is left whole
+    assert kept(64, 0.9, 16) == 16  # never below one multiple
+    model = toy_cnn()  # two convs of 8 channels: 40% removed keeps 5, rounded to a multiple of 4 keeps 4
+    assert create_pass("prune-channels", {"fraction": 0.4, "multiple_of": 4})(model).modified
+    widths = [g.conv.inputs[1].const_value.shape[0] for g in channel_groups(model)]  # type: ignore[union-attr]
+    assert widths == [4, 4]
+    assert _run(model).shape == (4, 5)
+    with pytest.raises(UsageError, match="multiple_of"):
+        PruneSettings(fraction=0.5, multiple_of=0).validate()
