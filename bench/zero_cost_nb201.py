@@ -7,7 +7,9 @@ Data (``--data``, default ``../shared/data/nasbench``): CIFAR-10 validation accu
 batch shared by all cells. CIFAR-10 itself is not available offline: the batch is a documented
 substitute, ``--inputs normal`` (N(0, 1) images, the per-channel statistics of normalised CIFAR-10;
 default) or ``digits`` (scikit-learn's 8x8 digits upsampled to 32x32, copied to 3 channels and
-standardised), with labels drawn uniformly (normal) or the digit classes (digits).
+standardised) or ``photos`` (32 x 32 crops of scikit-learn's two sample photographs at random scales,
+normalised with CIFAR-10's statistics: natural-image statistics), with labels drawn uniformly (normal,
+photos) or the digit classes (digits).
 
 Reported per metric: Spearman's rho of our score with CIFAR-10 validation accuracy, of the published
 proxy with the same accuracy on the same cells, of ours with the published proxy, the published
@@ -56,6 +58,8 @@ def _batch(kind: str, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     if kind == "normal":
         return rng.standard_normal((n, 3, 32, 32), dtype=np.float32), rng.integers(0, 10, size=n)
+    if kind == "photos":
+        return _photo_crops(n, rng), rng.integers(0, 10, size=n)
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -64,6 +68,31 @@ def _batch(kind: str, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     img = np.kron(img, np.ones((4, 4), dtype=np.float32))  # 32 x 32, nearest-neighbour upsampling
     img = (img - img.mean()) / img.std()
     return np.repeat(img[:, None], 3, axis=1).copy(), digits.target[pick].astype(np.int64)
+
+
+#: CIFAR-10's per-channel mean and standard deviation (the normalisation NASLib applies)
+_CIFAR_MEAN = np.array([0.4914, 0.4822, 0.4465], dtype=np.float32)
+_CIFAR_STD = np.array([0.2470, 0.2435, 0.2616], dtype=np.float32)
+
+
+def _photo_crops(n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` 32 x 32 crops of scikit-learn's two sample photographs, each downscaled by a random factor of
+    2-6 (block means), randomly flipped, normalised with CIFAR-10's statistics: natural-image inputs."""
+    from sklearn.datasets import load_sample_images
+
+    photos = [img.astype(np.float32) / 255.0 for img in load_sample_images().images]
+    out = np.empty((n, 3, 32, 32), dtype=np.float32)
+    for i in range(n):
+        img = photos[int(rng.integers(len(photos)))]
+        f = int(rng.integers(2, 7))
+        h, w = img.shape[0] // f, img.shape[1] // f
+        small = img[:h * f, :w * f].reshape(h, f, w, f, 3).mean(axis=(1, 3))
+        y, x = int(rng.integers(0, h - 31)), int(rng.integers(0, w - 31))
+        crop = small[y:y + 32, x:x + 32]
+        if rng.random() < 0.5:
+            crop = crop[:, ::-1]
+        out[i] = ((crop - _CIFAR_MEAN) / _CIFAR_STD).transpose(2, 0, 1)
+    return out
 
 
 def _init(metrics: list[str], images: np.ndarray, labels: np.ndarray, seed: int) -> None:
@@ -90,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", default=str(_common.ROOT.parent / "shared" / "data" / "nasbench"))
     parser.add_argument("--cells", type=int, default=1000)
     parser.add_argument("--metrics", default=DEFAULT_METRICS)
-    parser.add_argument("--inputs", choices=("normal", "digits"), default="normal")
+    parser.add_argument("--inputs", choices=("normal", "digits", "photos"), default="normal")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=2)

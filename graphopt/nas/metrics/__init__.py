@@ -3,10 +3,13 @@
 Gradient metrics (:mod:`~graphopt.nas.metrics.grad`: synflow, snip, grad_norm, grasp, fisher, jacov)
 run through the differentiable executor with BatchNormalization on batch statistics, as the published
 proxies were computed; forward metrics (:mod:`~graphopt.nas.metrics.forward`: params, flops, nwot, zen)
-need no gradients. :data:`METRICS` maps each name (and alias: ``jacob_cov``, ``naswot``, ``zen-score``)
-to a :class:`Metric` saying whether it needs data, labels, gradients. Without ``data``, a batch of
-``batch_size`` samples is synthesised from the graph's inputs (floats ~ N(0, 1), seeded), and labels
-are drawn uniformly from the first output's classes; every score is deterministic for a seed.
+need no gradients; transformer metrics (:mod:`~graphopt.nas.metrics.transformer`: hidden_cov, act_dist,
+syn_div, syn_sal, head_imp, attn_conf, after Serianni & Kalita 2023) share one forward and one backward
+pass over the attention and MLP blocks :mod:`graphopt.analysis` finds. :data:`METRICS` maps each name
+(and alias: ``jacob_cov``, ``naswot``, ``zen-score``) to a :class:`Metric` saying whether it needs data,
+labels, gradients. Without ``data``, a batch of ``batch_size`` samples is synthesised from the graph's
+inputs (floats ~ N(0, 1), seeded), and labels are drawn uniformly from the first output's classes;
+every score is deterministic for a seed.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import numpy as np
 import onnx_ir as ir
 
 from graphopt.errors import InputError, UsageError
-from graphopt.nas.metrics import forward, grad  # noqa: F401  (fills the registry)
+from graphopt.nas.metrics import forward, grad, transformer  # noqa: F401  (fills the registry)
 from graphopt.nas.metrics._context import MetricInput
 from graphopt.nas.metrics._registry import METRICS, Metric
 

@@ -24,7 +24,8 @@ def tiny_model(seed: int = 0) -> ir.Model:
 
 def reference(model: ir.Model) -> tuple[dict[str, torch.Tensor], Callable[..., torch.Tensor]]:
     """The tiny net's weights (conv/linear weights, as leaf tensors) and ``forward(x, weights, bn=..., acts=None)``."""
-    init = {k: torch.from_numpy(np.array(v.const_value.numpy())) for k, v in model.graph.initializers.items()}
+    init = {k: torch.from_numpy(np.array(v.const_value.numpy())) for k, v in model.graph.initializers.items()
+            if v.const_value is not None}
     weights = {k: init[k].clone() for k in ("c1.weight", "c2.weight", "classifier.weight")}
 
     def forward(x: torch.Tensor, w: dict[str, torch.Tensor], *, bn: str = "train",
