@@ -31,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     source.add_argument("--predictor", metavar="PRED", help="predictor file from `graphopt predictor train`")
     source.add_argument("--metric", metavar="NAME[,NAME]",
                         help="training-free metric(s): synflow, snip, grad_norm, grasp, fisher, jacov, nwot, zen, "
-                        "params, flops")
+                        "params, flops; for transformers hidden_cov, act_dist, syn_div, syn_sal, head_imp, attn_conf")
     parser.add_argument("--space", metavar="SPACE", help="search space of the --archs file")
     parser.add_argument("--archs", metavar="FILE", help="architectures of --space, one per line ('#' comments)")
     parser.add_argument("--json", action="store_true", help="print a JSON list of numbers")
