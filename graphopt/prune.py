@@ -37,7 +37,11 @@ from graphopt.rewrites.prune import (
 from graphopt.rewrites.prune._base import finish, top_units
 from graphopt.rewrites.prune._importance import METHODS, head_scores, mlp_scores
 
-__all__ = ["ConvStagePlan", "PruneResult", "conv_stages", "extract_subnetwork", "parameter_count", "prune"]
+__all__ = ["SUBNET_IMPORTANCE", "ConvStagePlan", "PruneResult", "conv_stages", "extract_subnetwork",
+           "parameter_count", "prune"]
+
+#: How :func:`extract_subnetwork` picks the units it keeps: the importance methods, or ``first``
+SUBNET_IMPORTANCE = (*METHODS, "first")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,9 +145,13 @@ def extract_subnetwork(
     layer; ``None`` keeps them whole) and ``hidden`` channels of the residual stream; for a CNN,
     ``channels`` output channels for each prunable convolution in graph order, or ``stages``: one
     channel count per stage of :func:`conv_stages`, kept by every prunable convolution of that stage
-    (a convolution narrower than the count keeps all of its channels). Returns a new model; ``model``
-    is not modified.
+    (a convolution narrower than the count keeps all of its channels). ``importance`` is one of
+    ``activation``, ``magnitude``, ``wanda``, ``random``, or ``first``: keep the first units of every
+    block, the prefix slices a weight-shared super-network (InstaTune, once-for-all) trains. Returns a
+    new model; ``model`` is not modified.
     """
+    if importance not in SUBNET_IMPORTANCE:
+        raise UsageError(f"unknown importance {importance!r}; choose from {', '.join(SUBNET_IMPORTANCE)}")
     if channels is not None and stages is not None:
         raise UsageError("give channels (per convolution) or stages (per stage), not both")
     if stages is not None:
@@ -173,7 +181,7 @@ def extract_subnetwork(
                 raise UsageError(f"attention block {g.index} cannot be pruned: {g.reason}")
             if not 1 <= head_counts[g.index] <= g.units:
                 raise UsageError(f"layer {g.index}: heads must be in [1, {g.units}], got {head_counts[g.index]}")
-        scores = head_scores(work, groups, importance, feeds, seed)
+        scores = _first(groups) if importance == "first" else head_scores(work, groups, importance, feeds, seed)
         for g in groups:
             prune_head_group(work, g, top_units(scores[g.index], head_counts[g.index]).tolist())
     if mlp_counts:
@@ -183,7 +191,7 @@ def extract_subnetwork(
                 raise UsageError(f"MLP block {m.index} cannot be pruned: {m.reason}")
             if not 1 <= mlp_counts[m.index] <= m.units:
                 raise UsageError(f"layer {m.index}: mlp must be in [1, {m.units}], got {mlp_counts[m.index]}")
-        scores = mlp_scores(work, mgroups, importance, feeds, seed)
+        scores = _first(mgroups) if importance == "first" else mlp_scores(work, mgroups, importance, feeds, seed)
         for m in mgroups:
             prune_mlp_group(work, m, top_units(scores[m.index], mlp_counts[m.index]).tolist())
     if hidden is not None:
@@ -218,8 +226,14 @@ def _keep_hidden(model: ir.Model, count: int, importance: str, feeds: Mapping[st
         if not 1 <= count <= group.width:
             raise UsageError(f"hidden must be in [1, {group.width}], got {count}")
     for group in groups:
-        scores = hidden_scores(model, group, importance, feeds, seed)
+        scores = (-np.arange(group.width, dtype=np.float64) if importance == "first"
+                  else hidden_scores(model, group, importance, feeds, seed))
         prune_hidden_group(model, group, top_units(scores, count).tolist())
+
+
+def _first(groups: Sequence[Any]) -> dict[int, np.ndarray]:
+    """Scores that rank every group's units in index order (``importance="first"``)."""
+    return {g.index: -np.arange(g.units, dtype=np.float64) for g in groups}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -286,7 +300,8 @@ def _conv_subnetwork(model: ir.Model, channels: Sequence[int], importance: str,
     for group, count in zip(groups, channels):
         if not 1 <= int(count) <= group.channels:
             raise UsageError(f"conv {group.conv.name!r}: channels must be in [1, {group.channels}], got {count}")
-    scores = channel_scores(work, groups, importance, feeds, seed)
+    scores = ([-np.arange(g.channels, dtype=np.float64) for g in groups] if importance == "first"
+              else channel_scores(work, groups, importance, feeds, seed))
     for group, count, score in zip(groups, channels, scores):
         prune_channel_group(work, group, top_units(score, int(count)).tolist())
     finish(work)

@@ -55,6 +55,28 @@ def test_extract_subnetwork_matches_the_requested_architecture() -> None:
                                   make_session(model).run(None, transformer_feeds())[0])
 
 
+def test_extract_subnetwork_first_keeps_prefix_slices() -> None:
+    """``importance="first"`` cuts what a weight-shared super-network trains: every kept weight is the
+    leading slice of the source's (the first heads and neurons)."""
+    model = toy_transformer(layers=2)
+    sub = extract_subnetwork(model, heads=[1, 2], mlp=[8, 4], importance="first")
+    pairs = list(zip(model.graph, sub.graph, strict=True))  # slicing keeps the node sequence
+    shrunk = 0
+    for old, new in pairs:
+        assert old.op_type == new.op_type
+        for a, b in zip(old.inputs, new.inputs, strict=True):
+            if a is None or b is None or a.const_value is None or b.const_value is None:
+                continue
+            before, after = a.const_value.numpy(), b.const_value.numpy()
+            if before.shape != after.shape and after.ndim == before.ndim and before.dtype.kind == "f":
+                shrunk += 1
+                np.testing.assert_array_equal(after, before[tuple(slice(0, d) for d in after.shape)], err_msg=a.name)
+    assert shrunk > 0
+    assert make_session(sub).run(None, transformer_feeds())[0].shape == (3, 5, 16)
+    with pytest.raises(UsageError, match="unknown importance"):
+        extract_subnetwork(model, heads=1, importance="last")
+
+
 def test_extract_conv_subnetwork_channels_per_conv() -> None:
     from tests.rewrites.prune._toy import toy_cnn
 

@@ -34,8 +34,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      help="fractions of heads per layer (default 0.25,0.5,0.75,1)")
     sub.add_argument("--mlp-fractions", metavar="F,F,...", default="0.25,0.5,0.75,1",
                      help="fractions of MLP width per layer (CNN: channels per convolution; default 0.25,0.5,0.75,1)")
-    sub.add_argument("--importance", choices=("magnitude", "activation", "wanda", "random"), default="magnitude",
-                     help="which heads, neurons and layers are kept (default magnitude)")
+    sub.add_argument("--importance", choices=("magnitude", "activation", "wanda", "random", "first"),
+                     default="magnitude",
+                     help="which heads, neurons and layers are kept (default magnitude; first: the first ones, "
+                     "for weight-shared super-networks)")
     sub.add_argument("--calib", metavar="CALIB.npz", help="model inputs for activation / wanda importance")
     where = parser.add_argument_group("evaluation")
     where.add_argument("--backend", choices=("local", "ray"), default="local",

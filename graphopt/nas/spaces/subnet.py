@@ -20,7 +20,8 @@ An architecture is a tuple of ``(layer, heads, mlp)`` triples, one per kept laye
 attention) and MLP widths; its string form is ``L<layer>-A<heads>-I<mlp>`` joined by ``|``. ``build``
 cuts it out of the source with :func:`graphopt.prune.extract_subnetwork`, which keeps the most important
 heads and neurons (``importance``: ``magnitude`` by default; ``activation`` / ``wanda`` read the
-``calibration`` .npz). ``parse`` accepts any sizes the source allows; ``sample``, ``enumerate`` and the
+``calibration`` .npz; ``first`` keeps the first layers, heads and neurons: the prefix slices of a
+weight-shared super-network). ``parse`` accepts any sizes the source allows; ``sample``, ``enumerate`` and the
 search's integer genes use the grids:
 
 - gene 0: the number of layers kept, from ``layer_choices`` (default: every count from 1 to all); a
@@ -91,13 +92,13 @@ class SubnetSpace(SearchSpace):
                  head_fractions: Sequence[float] = FRACTIONS, mlp_fractions: Sequence[float] = FRACTIONS,
                  channel_fractions: Sequence[float] = FRACTIONS, importance: str = "magnitude",
                  calibration: str | Path | None = None, seed: int = 0) -> None:
-        from graphopt.rewrites.prune._importance import METHODS
+        from graphopt.prune import SUBNET_IMPORTANCE
 
         self.model_path = Path(model_path)
         if not self.model_path.is_file():
             raise InputError(f"{self.model_path}: no such file")
-        if importance not in METHODS:
-            raise UsageError(f"unknown importance {importance!r} (choose from {', '.join(METHODS)})")
+        if importance not in SUBNET_IMPORTANCE:
+            raise UsageError(f"unknown importance {importance!r} (choose from {', '.join(SUBNET_IMPORTANCE)})")
         if importance in ("activation", "wanda") and calibration is None:
             raise UsageError(f"importance {importance!r} needs calibration data (an .npz of model inputs)")
         self.head_fractions = _fractions(head_fractions, "head fractions")
@@ -140,7 +141,12 @@ class SubnetSpace(SearchSpace):
                 raise InputError(f"{self.model_path}: blocks that cannot be cut: {'; '.join(bad) or 'MLP count'}")
             live = [g for g in analysis.layers if g.reason is None]
             method = "activation" if self.importance == "wanda" else self.importance  # as graphopt.prune.prune
-            scores = layer_scores(model, live, analysis.heads, analysis.mlps, method, feeds, self.seed) if live else {}
+            if method == "first":  # weight-shared super-networks: keep the first layers
+                scores = {g.index: -float(g.index) for g in live}
+            elif live:
+                scores = layer_scores(model, live, analysis.heads, analysis.mlps, method, feeds, self.seed)
+            else:
+                scores = {}
             # most important first; layers that cannot be dropped come before every droppable one
             order = sorted(range(len(analysis.heads)), key=lambda i: (i in scores, -scores.get(i, 0.0), i))
             self._state = {"kind": "transformer", "model": model, "feeds": feeds, "order": order,

@@ -61,6 +61,13 @@ def test_genes_decode_to_the_architecture_the_built_graph_has(bert_path: Path) -
     assert model.metadata_props["graphopt.nas.arch"] == space.to_string(arch)
 
 
+def test_first_keeps_the_leading_layers_for_weight_shared_supernets(bert_path: Path) -> None:
+    space = SubnetSpace(bert_path, layer_choices=(1, 2, 3), importance="first")
+    assert [i for i, _, _ in space.decode((1, 3, 3, 3, 3, 3, 3))] == [0, 1]  # type: ignore[attr-defined]
+    assert [i for i, _, _ in space.uniform(layers=1)] == [0]  # type: ignore[attr-defined]
+    assert _run(space.build(space.uniform(layers=2, heads=0.5, mlp=0.5))).shape == (2, 8, 32)
+
+
 def test_whole_network_is_the_source_and_notation_round_trips(bert_path: Path) -> None:
     space = SubnetSpace(bert_path)
     whole = space.uniform()
