@@ -239,15 +239,10 @@ class RankMLP(RegressionModel):
         self.weights = [[np.asarray(state[f"member{k}.{i}"]) for i in range(6)] for k in range(len(self.lines))]
 
 
-class MixModel(RegressionModel):
-    """``gbm`` and ``mlp`` members pooled."""
+class PooledModel(RegressionModel):
+    """The members of several models (``parts``, set by subclasses) pooled into one ensemble."""
 
-    kind = "mix"
-
-    def __init__(self, *, members: int = 5, seed: int = 0, epochs: int = 300) -> None:
-        super().__init__(members=members, seed=seed)
-        self.parts: list[RegressionModel] = [TreeModel("gbm", members=members, seed=seed),
-                                             RankMLP(members=members, seed=seed, epochs=epochs)]
+    parts: list[RegressionModel]
 
     def _fit(self, X: np.ndarray, y: np.ndarray) -> None:
         for part in self.parts:
@@ -263,6 +258,16 @@ class MixModel(RegressionModel):
         for part in self.parts:
             prefix = f"{part.kind}."
             part._load({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+
+
+class MixModel(PooledModel):
+    """``gbm`` and ``mlp`` members pooled."""
+
+    kind = "mix"
+
+    def __init__(self, *, members: int = 5, seed: int = 0, epochs: int = 300) -> None:
+        super().__init__(members=members, seed=seed)
+        self.parts = [TreeModel("gbm", members=members, seed=seed), RankMLP(members=members, seed=seed, epochs=epochs)]
 
 
 def create_model(kind: str, *, members: int = 5, seed: int = 0, epochs: int = 300) -> RegressionModel:

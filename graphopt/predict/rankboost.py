@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from graphopt.predict.models import RankMLP, RegressionModel, TreeModel, _fit_line
+from graphopt.predict.models import PooledModel, RankMLP, RegressionModel, TreeModel, _fit_line
 
 __all__ = ["EnsembleModel", "RankBoostModel"]
 
@@ -96,30 +96,15 @@ def _pairwise_newton(scores: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.
     return pull.sum(axis=1) - pull.sum(axis=0), curve.sum(axis=1) + curve.sum(axis=0)
 
 
-class EnsembleModel(RegressionModel):
+class EnsembleModel(PooledModel):
     """``gbm``, ``mlp`` (hidden 128, weight decay 1e-2) and ``rankgbm`` members pooled."""
 
     kind = "ens"
 
     def __init__(self, *, members: int = 5, seed: int = 0, epochs: int = 300, rounds: int = 300) -> None:
         super().__init__(members=members, seed=seed)
-        self.parts: list[RegressionModel] = [
+        self.parts = [
             TreeModel("gbm", members=members, seed=seed),
             RankMLP(members=members, seed=seed, epochs=epochs, hidden=128, weight_decay=1e-2),
             RankBoostModel(members=members, seed=seed, rounds=rounds),
         ]
-
-    def _fit(self, X: np.ndarray, y: np.ndarray) -> None:
-        for part in self.parts:
-            part._fit(X, y)
-
-    def member_predictions(self, X: np.ndarray) -> np.ndarray:
-        return np.concatenate([part.member_predictions(X) for part in self.parts])
-
-    def state(self) -> dict[str, Any]:
-        return {f"{part.kind}.{key}": value for part in self.parts for key, value in part.state().items()}
-
-    def _load(self, state: dict[str, Any]) -> None:
-        for part in self.parts:
-            prefix = f"{part.kind}."
-            part._load({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})

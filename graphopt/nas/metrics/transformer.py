@@ -243,15 +243,23 @@ def act_dist(ctx: MetricInput) -> float:
     return naswot_score(kernel.numpy())
 
 
+def _weight_gradients(ctx: MetricInput, metric: str, weights: Sequence[str], blocks: str,
+                      what: str) -> tuple[dict[str, Any], list[str]]:
+    """The backward pass's ``(weight, gradient)`` pairs and the keys of ``weights`` among them."""
+    if not weights:
+        raise InputError(f"metrics: {metric} found no {blocks}")
+    grads = _backward(ctx)
+    names = [f"w:{n}" for n in weights if f"w:{n}" in grads]
+    if not names:
+        raise InputError(f"metrics: {metric} found no {what} (MatMul/Gemm initializers)")
+    return grads, names
+
+
 @register("syn_div", data=True, labels=False, gradients=True, aliases=("synaptic_diversity",))
 def syn_div(ctx: MetricInput) -> float:
     """Synaptic diversity: sum over the Q/K/V/O weights of ||W||_nuc * ||dR/dW||_nuc."""
-    if not _forward(ctx).layout.attention_weights:
-        raise InputError("metrics: syn_div found no attention blocks (Q/K/V/O projections)")
-    grads = _backward(ctx)
-    names = [f"w:{n}" for n in _forward(ctx).layout.attention_weights if f"w:{n}" in grads]
-    if not names:
-        raise InputError("metrics: syn_div found no attention projection weights (MatMul/Gemm initializers)")
+    grads, names = _weight_gradients(ctx, "syn_div", _forward(ctx).layout.attention_weights,
+                                     "attention blocks (Q/K/V/O projections)", "attention projection weights")
     total = 0.0
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # small SVDs: one thread is fastest, and spinning threads stall on a busy machine
@@ -267,12 +275,8 @@ def syn_div(ctx: MetricInput) -> float:
 @register("syn_sal", data=True, labels=False, gradients=True, aliases=("synaptic_saliency",))
 def syn_sal(ctx: MetricInput) -> float:
     """Synaptic saliency: sum over the MLP weights of |W * dR/dW|."""
-    if not _forward(ctx).layout.mlp_weights:
-        raise InputError("metrics: syn_sal found no MLP blocks (up/down projections around an activation)")
-    grads = _backward(ctx)
-    names = [f"w:{n}" for n in _forward(ctx).layout.mlp_weights if f"w:{n}" in grads]
-    if not names:
-        raise InputError("metrics: syn_sal found no MLP weights (MatMul/Gemm initializers)")
+    grads, names = _weight_gradients(ctx, "syn_sal", _forward(ctx).layout.mlp_weights,
+                                     "MLP blocks (up/down projections around an activation)", "MLP weights")
     return float(sum((grads[k][0].double() * grads[k][1].double()).abs().sum().item() for k in names))
 
 
