@@ -18,7 +18,10 @@ rest. Methods, on the same cells in one run:
   ``mlp`` on structural + live features alone (the graph head, what scores any ONNX file); ``mlp``
   with MiniLM embeddings of the encoding added; ``rankgbm`` (trees boosted on a gap-weighted
   pairwise ranking loss) and ``ens`` (``gbm`` + ``mlp`` + ``rankgbm`` members pooled) on one-hot +
-  structural + live.
+  structural + live; ``gbm``, ``mlp``, ``mix`` and ``ens`` with graphopt's own zero-cost features
+  added (``zc``: synflow, jacov, nwot of each cell's ONNX graph on natural images,
+  :mod:`graphopt.predict.zero_cost`; computed in ``--jobs`` processes into the cache, ~1-2 s per cell),
+  and those three metrics used directly as scores.
 
 Cross-space: the graph-level head (structural + live features, and structural alone) trained on
 the 500 NAS-Bench-101 cells scores the NAS-Bench-201 test cells zero-shot, and one trained on 1000
@@ -118,6 +121,11 @@ def main(argv: list[str] | None = None) -> int:
     proxies = np.array([[data["proxies"][c][p] for p in PROXIES] for c in pool])
     acc = np.array([data["acc"][c] for c in pool])
     rows_test = np.array([index[c] for c in test])
+    wanted = [m.strip() for m in (args.methods or "").split(",") if m.strip()] if args.only == "nb201_cifar10" else []
+    zc_info = None
+    if args.only in (None, "nb201_cifar10") and any("zc" in m for m in METHODS if not wanted
+                                                    or any(w in m for w in wanted)):
+        blocks["zc"], zc_info = zero_cost_block(pool, rest, sizes, args)
 
     results: dict[str, Any] = {"protocol": {"cells": len(cells), "pool": len(pool), "test": len(test),
                                             "seeds": args.seeds, "sizes": sizes}}
@@ -132,9 +140,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.only:
         results = json.loads((args.out / "predictor_nb201.json").read_text())
         if args.only == "nb201_cifar10":
-            wanted = [m.strip() for m in (args.methods or "").split(",") if m.strip()]
             table = predictor_table(args, sizes, blocks, proxies, acc, index, rest, rows_test, wanted)
             results["nb201_cifar10"].update(table)
+            if zc_info is not None:
+                results["zero_cost_features"] = zc_info
+                zc_info["zero_training"] = zero_cost_scores(blocks["zc"], acc, rows_test)
             label = f"nb201_cifar10 ({', '.join(table)})"
         else:
             results[args.only] = sections[args.only]()
@@ -145,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, section in sections.items():
         results[name] = section()
     results["nb201_cifar10"] = predictor_table(args, sizes, blocks, proxies, acc, index, rest, rows_test, [])
+    if zc_info is not None:
+        results["zero_cost_features"] = zc_info
+        zc_info["zero_training"] = zero_cost_scores(blocks["zc"], acc, rows_test)
     results["wall_s"] = round(time.perf_counter() - started, 1)
     results["machine"] = _common.machine_info()
     _write(args.out, results)
@@ -163,10 +176,14 @@ METHODS = {
                                                          False),
     "graphopt rankgbm: one-hot + structural + live": ("rankgbm", ["onehot", "structural", "live"], False),
     "graphopt ens: one-hot + structural + live": ("ens", ["onehot", "structural", "live"], False),
+    "graphopt gbm: one-hot + structural + live + zc": ("gbm", ["onehot", "structural", "live", "zc"], False),
+    "graphopt mlp: one-hot + structural + live + zc": ("mlp", ["onehot", "structural", "live", "zc"], False),
+    "graphopt ens: one-hot + structural + live + zc": ("ens", ["onehot", "structural", "live", "zc"], False),
 }
 
 MIXES = {"graphopt mix: one-hot + structural, no live": "one-hot + structural, no live",
-         "graphopt mix: one-hot + structural + live (CLI default)": "one-hot + structural + live"}
+         "graphopt mix: one-hot + structural + live (CLI default)": "one-hot + structural + live",
+         "graphopt mix: one-hot + structural + live + zc": "one-hot + structural + live + zc"}
 
 
 def predictor_table(args: argparse.Namespace, sizes: list[int], blocks: dict[str, np.ndarray], proxies: np.ndarray,
@@ -233,6 +250,51 @@ def _warm(job: tuple[str, list[str], str]) -> int:
     space, archs, cache = job
     Featurizer(FeatureSpec(("structural", "text"), space), cache_dir=cache).archs(archs)
     return len(archs)
+
+
+def _warm_zc(job: tuple[list[str], str]) -> list[float]:
+    import torch
+
+    torch.set_num_threads(1)
+    archs, cache = job
+    feats = Featurizer(FeatureSpec(("zc",), "nb201"), cache_dir=cache)
+    feats.archs(archs)
+    return list(feats.zero_cost_seconds.values())
+
+
+def zero_cost_block(pool: list[str], rest: list[str], sizes: list[int],
+                    args: argparse.Namespace) -> tuple[np.ndarray, dict[str, Any]]:
+    """graphopt's zc features (synflow, jacov, nwot on natural images) of every pool cell, computed in
+    ``--jobs`` processes into the disk cache (test cells and the smallest training draws first)."""
+    from graphopt.predict.zero_cost import ZC_METRICS, ZeroCostSpec
+
+    first = [rest[i] for seed in range(args.seeds)
+             for i in np.random.default_rng(100 + seed).permutation(len(rest))[:min(sizes)]]
+    order = list(dict.fromkeys([*pool[: args.test], *first, *pool]))
+    t = time.perf_counter()
+    chunks = [(order[i:i + 10], str(args.cache)) for i in range(0, len(order), 10)]
+    seconds: list[float] = []
+    with concurrent.futures.ProcessPoolExecutor(max_workers=args.jobs) as executor:
+        for part in executor.map(_warm_zc, chunks):
+            seconds += part
+            if len(seconds) % 100 == 0:
+                log(f"zc features {len(seconds)}/{len(order)} cells")
+    wall = time.perf_counter() - t
+    log(f"zc features of {len(order)} cells in {wall:.1f} s")
+    block = Featurizer(FeatureSpec(("zc",), "nb201"), cache_dir=args.cache).archs(pool)
+    spec = ZeroCostSpec()
+    info = {"metrics": list(ZC_METRICS), "batch": spec.batch, "seed": spec.seed, "inputs": spec.inputs,
+            "cells": len(order), "median_s_per_cell": float(np.median(seconds)),
+            "mean_s_per_cell": float(np.mean(seconds)), "wall_s_this_run": round(wall, 1), "jobs": args.jobs}
+    return block, info
+
+
+def zero_cost_scores(block: np.ndarray, acc: np.ndarray, rows_test: np.ndarray) -> dict[str, dict[str, float]]:
+    """Each of graphopt's zc metrics used directly as a score on the test cells (no training)."""
+    from graphopt.predict.zero_cost import ZC_METRICS
+
+    return {m: {"kendall_tau": kendall_tau(block[rows_test, k], acc[rows_test]),
+                "spearman": spearman(block[rows_test, k], acc[rows_test])} for k, m in enumerate(ZC_METRICS)}
 
 
 def warm_cache(archs: list[str], space: str, cache: Path, jobs: int) -> None:
@@ -411,6 +473,16 @@ def markdown(r: dict[str, Any]) -> str:
               "| proxy | Kendall tau | Spearman |", "|---|---|---|"]
     for name, v in sorted(r["zero_training"].items(), key=lambda kv: -abs(kv[1]["kendall_tau"])):
         lines.append(f"| {name} | {_fmt(v['kendall_tau'])} | {_fmt(v['spearman'])} |")
+    zc = r.get("zero_cost_features")
+    if zc:
+        lines += ["", f"graphopt's own zero-cost metrics ({', '.join(zc['metrics'])}; `zc` rows above; opt-in "
+                  f"`--features ...,zc`) on one batch of {zc['batch']} natural-image crops "
+                  "(`graphopt.data.natural_images`, CIFAR-10-normalised), used directly as scores on the same test "
+                  f"cells; cost {zc['median_s_per_cell']:.2f} s per cell (median; mean {zc['mean_s_per_cell']:.2f} s, "
+                  "all three metrics, one thread):", "",
+                  "| graphopt metric | Kendall tau | Spearman |", "|---|---|---|"]
+        lines += [f"| {m} | {_fmt(v['kendall_tau'])} | {_fmt(v['spearman'])} |"
+                  for m, v in zc["zero_training"].items()]
     dead = next((v["test_dead"] for v in r["cross_space"].values() if "test_dead" in v), None)
     lines += ["", "Cross-space, zero-shot (graph-level head; 'per-space rank features': each feature replaced by "
               "its rank among the cells of its own set, which uses the unlabelled target cells' features). "

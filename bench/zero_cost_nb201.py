@@ -40,6 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import _common
 import numpy as np
 
+from graphopt.data import natural_images as _photo_crops
+
 #: the issue's published Spearman rho with CIFAR-10 accuracy (NASLib, all NAS-Bench-201 cells)
 REFERENCE = {"synflow": 0.73, "jacov": 0.82, "nwot": 0.79, "snip": 0.55, "grad_norm": 0.55}
 DEFAULT_METRICS = "synflow,jacov,nwot,snip,grad_norm,params,flops"
@@ -68,31 +70,6 @@ def _batch(kind: str, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     img = np.kron(img, np.ones((4, 4), dtype=np.float32))  # 32 x 32, nearest-neighbour upsampling
     img = (img - img.mean()) / img.std()
     return np.repeat(img[:, None], 3, axis=1).copy(), digits.target[pick].astype(np.int64)
-
-
-#: CIFAR-10's per-channel mean and standard deviation (the normalisation NASLib applies)
-_CIFAR_MEAN = np.array([0.4914, 0.4822, 0.4465], dtype=np.float32)
-_CIFAR_STD = np.array([0.2470, 0.2435, 0.2616], dtype=np.float32)
-
-
-def _photo_crops(n: int, rng: np.random.Generator) -> np.ndarray:
-    """``n`` 32 x 32 crops of scikit-learn's two sample photographs, each downscaled by a random factor of
-    2-6 (block means), randomly flipped, normalised with CIFAR-10's statistics: natural-image inputs."""
-    from sklearn.datasets import load_sample_images
-
-    photos = [img.astype(np.float32) / 255.0 for img in load_sample_images().images]
-    out = np.empty((n, 3, 32, 32), dtype=np.float32)
-    for i in range(n):
-        img = photos[int(rng.integers(len(photos)))]
-        f = int(rng.integers(2, 7))
-        h, w = img.shape[0] // f, img.shape[1] // f
-        small = img[:h * f, :w * f].reshape(h, f, w, f, 3).mean(axis=(1, 3))
-        y, x = int(rng.integers(0, h - 31)), int(rng.integers(0, w - 31))
-        crop = small[y:y + 32, x:x + 32]
-        if rng.random() < 0.5:
-            crop = crop[:, ::-1]
-        out[i] = ((crop - _CIFAR_MEAN) / _CIFAR_STD).transpose(2, 0, 1)
-    return out
 
 
 def _init(metrics: list[str], images: np.ndarray, labels: np.ndarray, seed: int) -> None:

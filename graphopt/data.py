@@ -23,9 +23,14 @@ import numpy as np
 
 from graphopt.errors import InputError, UsageError
 
-__all__ = ["DEFAULT_INPUT_NAMES", "split_sentences", "stdlib_sentences", "tokenize"]
+__all__ = ["CIFAR10_MEAN", "CIFAR10_STD", "DEFAULT_INPUT_NAMES", "natural_images", "split_sentences",
+           "stdlib_sentences", "tokenize"]
 
 DEFAULT_INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
+
+#: CIFAR-10's per-channel mean and standard deviation (the normalisation NASLib applies)
+CIFAR10_MEAN = np.array([0.4914, 0.4822, 0.4465], dtype=np.float32)
+CIFAR10_STD = np.array([0.2470, 0.2435, 0.2616], dtype=np.float32)
 
 # Folders of the standard library that hold tests, third-party packages or demo scripts.
 _SKIP_DIRS = frozenset({
@@ -59,6 +64,32 @@ def stdlib_sentences(count: int, *, seed: int = 0, min_words: int = 5, max_words
     shuffled = list(pool)
     random.Random(seed).shuffle(shuffled)
     return shuffled[:count]
+
+
+def natural_images(n: int, seed: int | np.random.Generator = 0, *, size: int = 32) -> np.ndarray:
+    """``n`` natural images, ``n x 3 x size x size`` float32: crops of scikit-learn's two bundled sample
+    photographs, each downscaled by a random factor of 2-6 (block means), randomly flipped left-right,
+    normalised with CIFAR-10's statistics. Deterministic for an integer ``seed``; a generator is advanced."""
+    if n < 1 or size < 1:
+        raise UsageError(f"natural_images needs n >= 1 and size >= 1, got n={n}, size={size}")
+    from sklearn.datasets import load_sample_images
+
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    photos = [img.astype(np.float32) / 255.0 for img in load_sample_images().images]
+    if size > min(min(p.shape[:2]) for p in photos) // 6:
+        raise UsageError(f"natural_images: size {size} is too large for the bundled photographs")
+    out = np.empty((n, 3, size, size), dtype=np.float32)
+    for i in range(n):
+        img = photos[int(rng.integers(len(photos)))]
+        f = int(rng.integers(2, 7))
+        h, w = img.shape[0] // f, img.shape[1] // f
+        small = img[:h * f, :w * f].reshape(h, f, w, f, 3).mean(axis=(1, 3))
+        y, x = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
+        crop = small[y:y + size, x:x + size]
+        if rng.random() < 0.5:
+            crop = crop[:, ::-1]
+        out[i] = ((crop - CIFAR10_MEAN) / CIFAR10_STD).transpose(2, 0, 1)
+    return out
 
 
 def split_sentences(sentences: Sequence[str], fractions: Sequence[float]) -> list[list[str]]:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from graphopt.data import split_sentences, stdlib_sentences, tokenize
+from graphopt.data import CIFAR10_MEAN, CIFAR10_STD, natural_images, split_sentences, stdlib_sentences, tokenize
 from graphopt.errors import InputError, UsageError
 from graphopt.feeds import load_feeds, save_feeds
 
@@ -94,3 +94,25 @@ def test_tokenize_input_names(minilm: Path) -> None:
         tokenize(minilm, [])
     with pytest.raises(InputError, match="no such model directory"):
         tokenize(minilm / "missing", ["Some text for the model."])
+
+
+def test_natural_images_are_deterministic_normalised_photo_crops() -> None:
+    images = natural_images(16, 0)
+    assert images.shape == (16, 3, 32, 32) and images.dtype == np.float32
+    np.testing.assert_array_equal(images, natural_images(16, 0))
+    assert not np.allclose(images, natural_images(16, 1))
+    rng = np.random.default_rng(0)
+    np.testing.assert_array_equal(natural_images(16, rng), images)  # a generator is advanced, not copied
+    assert not np.allclose(natural_images(16, rng), images)
+    pixels = images.transpose(1, 0, 2, 3).reshape(3, -1) * CIFAR10_STD[:, None] + CIFAR10_MEAN[:, None]
+    assert pixels.min() >= -1e-6 and pixels.max() <= 1 + 1e-6  # undoing CIFAR-10's normalisation gives [0, 1]
+    # natural images: neighbouring pixels are strongly correlated (N(0, 1) noise would give ~0)
+    left, right = images[..., :-1].ravel(), images[..., 1:].ravel()
+    assert np.corrcoef(left, right)[0, 1] > 0.8
+    assert natural_images(2, 0, size=16).shape == (2, 3, 16, 16)
+
+
+@pytest.mark.parametrize("kwargs", [{"n": 0}, {"n": 2, "size": 0}, {"n": 2, "size": 4000}])
+def test_natural_images_reject_bad_sizes(kwargs) -> None:
+    with pytest.raises(UsageError, match="natural_images"):
+        natural_images(**kwargs)

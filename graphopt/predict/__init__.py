@@ -7,7 +7,8 @@
 ``train_predictor`` fits an ensemble predictor of accuracy or latency on (architecture or ONNX
 graph, target) pairs (:mod:`~graphopt.predict.dataset` for labels and features,
 :mod:`~graphopt.predict.models` and :mod:`~graphopt.predict.rankboost` for the regressors,
-:mod:`~graphopt.predict.embed` for MiniLM embeddings of encodings); ``save_predictor`` /
+:mod:`~graphopt.predict.embed` for MiniLM embeddings of encodings, :mod:`~graphopt.predict.zero_cost` for
+the opt-in ``zc`` features: graphopt's synflow, jacov, nwot on natural images); ``save_predictor`` /
 ``load_predictor`` store it in one file.
 """
 
@@ -18,6 +19,7 @@ from graphopt.predict.models import MODEL_KINDS, RegressionModel, create_model
 from graphopt.predict.persistence import load_predictor, save_predictor
 from graphopt.predict.predictor import Predictor, Scores, train_predictor
 from graphopt.predict.ranking import kendall_tau, pairwise_logistic_loss, spearman
+from graphopt.predict.zero_cost import ZC_METRICS, ZeroCostSpec, zero_cost_features
 
 __all__ = [
     "FEATURE_GROUPS",
@@ -26,12 +28,14 @@ __all__ = [
     "MODEL_KINDS",
     "OP_VOCABULARY",
     "VARIANTS",
+    "ZC_METRICS",
     "FeatureSpec",
     "Featurizer",
     "Labels",
     "Predictor",
     "RegressionModel",
     "Scores",
+    "ZeroCostSpec",
     "create_model",
     "encode_graph",
     "kendall_tau",
@@ -43,4 +47,5 @@ __all__ = [
     "spearman",
     "structural_features",
     "train_predictor",
+    "zero_cost_features",
 ]

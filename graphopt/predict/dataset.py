@@ -9,9 +9,13 @@ into one feature matrix, the groups of :data:`FEATURE_GROUPS` side by side:
 ``structural``  :func:`graphopt.predict.structural_features` of the graph and (``spec.live``, the
                 default) :func:`graphopt.predict.liveness.live_features`, as ``sign(x) log1p(|x|)``
 ``text``        :class:`graphopt.predict.embed.TextEmbedder` vectors of the graph's encoding
+``zc``          opt-in: graphopt's zero-cost metrics (synflow, jacov, nwot) of the graph on natural
+                images (:mod:`graphopt.predict.zero_cost`, 1-2 s per NAS-Bench-201 cell), as
+                ``sign(x) log1p(|x|)``
 
 Graph-derived groups of an architecture come from the space's ONNX graph (seed 0) and are cached
-in memory and, given ``cache_dir``, on disk (one JSON per architecture).
+in memory and, given ``cache_dir``, on disk (one JSON per architecture; ``zc`` values in their own
+files under ``zero_cost/``, with the seconds they took).
 """
 
 from __future__ import annotations
@@ -34,8 +38,9 @@ from graphopt.errors import InputError, UsageError
 
 __all__ = ["FEATURE_GROUPS", "FeatureSpec", "Featurizer", "Labels", "load_labels"]
 
-FEATURE_GROUPS = ("onehot", "structural", "text")
+FEATURE_GROUPS = ("onehot", "structural", "text", "zc")
 _CACHE_VERSION = "1"
+_ZC_CACHE_VERSION = "1"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,6 +152,12 @@ class Featurizer:
         self._space_obj: Any = _space(spec.space) if spec.space else None
         self._graphs: dict[str, _GraphInfo] = {}
         self._embedder: Any = None
+        self._zc: dict[str, tuple[np.ndarray, float]] = {}
+
+    @property
+    def zero_cost_seconds(self) -> dict[str, float]:
+        """Seconds the ``zc`` metrics took per architecture featurized so far (also when read from the cache)."""
+        return {key: seconds for key, (_, seconds) in self._zc.items()}
 
     def archs(self, archs: Sequence[Hashable | str]) -> np.ndarray:
         """Features of architectures of ``spec.space`` (objects or their strings)."""
@@ -158,9 +169,13 @@ class Featurizer:
         blocks: list[np.ndarray] = []
         if "onehot" in self.spec.groups:
             blocks.append(np.stack([np.asarray(space.one_hot(a), np.float64) for a in parsed]))
-        if self.spec.graph_groups:
+        if self._needs_graph_info():
             infos = [self._arch_graph(key, arch) for key, arch in zip(keys, parsed)]
             blocks.extend(self._graph_blocks(infos))
+        if "zc" in self.spec.groups:
+            from graphopt.predict.zero_cost import zero_cost_transform
+
+            blocks.append(zero_cost_transform(np.stack([self._arch_zc(key, arch) for key, arch in zip(keys, parsed)])))
         return np.concatenate(blocks, axis=1)
 
     def models(self, models: Sequence[ir.Model | str | os.PathLike[str]]) -> np.ndarray:
@@ -169,13 +184,58 @@ class Featurizer:
             raise UsageError(f"the onehot features exist only for architectures of space {self.spec.space!r}")
         from graphopt._io import load_model
 
-        infos = []
+        infos: list[_GraphInfo] = []
+        zc: list[np.ndarray] = []
         for m in models:
             model = m if isinstance(m, ir.Model) else load_model(m)
-            infos.append(self._graph_info(model))
-        return np.concatenate(self._graph_blocks(infos), axis=1)
+            if self._needs_graph_info():
+                infos.append(self._graph_info(model))
+            if "zc" in self.spec.groups:
+                zc.append(self._model_zc(model, str(m) if not isinstance(m, ir.Model) else f"model {len(zc)}"))
+        blocks = self._graph_blocks(infos) if infos else []
+        if zc:
+            from graphopt.predict.zero_cost import zero_cost_transform
+
+            blocks.append(zero_cost_transform(np.stack(zc)))
+        return np.concatenate(blocks, axis=1)
 
     # -- graph-derived groups --------------------------------------------------------------------
+
+    def _needs_graph_info(self) -> bool:
+        return "structural" in self.spec.groups or "text" in self.spec.groups
+
+    def _model_zc(self, model: ir.Model, name: str) -> np.ndarray:
+        from graphopt.predict.zero_cost import zero_cost_features
+
+        try:
+            result = zero_cost_features(model)
+        except InputError as exc:
+            raise InputError(f"{name}: {exc}") from None
+        self._zc[name] = (result.values, result.seconds)
+        return result.values
+
+    def _arch_zc(self, key: str, arch: Hashable) -> np.ndarray:
+        """Raw zero-cost values of an architecture: memory, then the disk cache, then computed (and cached)."""
+        if key in self._zc:
+            return self._zc[key][0]
+        from graphopt.predict.zero_cost import ZeroCostSpec, zero_cost_features
+
+        path = None
+        if self.cache_dir is not None:
+            material = f"{_ZC_CACHE_VERSION}|{self.spec.space}|{ZeroCostSpec().key()}|{key}"
+            path = self.cache_dir / "zero_cost" / f"{hashlib.sha256(material.encode()).hexdigest()}.json"
+        cached = _read_json(path) if path is not None else None
+        try:
+            values, seconds = np.asarray(cached["values"], np.float64), float(cached["seconds"])  # type: ignore[index]
+            if values.shape != (len(ZeroCostSpec().metrics),):
+                raise ValueError("stale entry")
+        except (TypeError, KeyError, ValueError):
+            result = zero_cost_features(self._space_obj.build(arch))
+            values, seconds = result.values, result.seconds
+            if path is not None:
+                _write_json(path, {"arch": key, "values": values.tolist(), "seconds": seconds})
+        self._zc[key] = (values, seconds)
+        return values
 
     def _graph_blocks(self, infos: Sequence[_GraphInfo]) -> list[np.ndarray]:
         blocks = []
@@ -248,6 +308,28 @@ def _space(name: str | None) -> Any:
     from graphopt.nas.spaces import get_space
 
     return get_space(str(name))
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _write_json(path: Path, record: dict[str, Any]) -> None:
+    """Write ``record`` atomically (temp file + rename); a cache that cannot be written is skipped."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    except OSError:
+        return
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(record, handle)
+        os.replace(tmp, path)
+    except OSError:
+        Path(tmp).unlink(missing_ok=True)
 
 
 def _read_cached(path: Path) -> _GraphInfo | None:

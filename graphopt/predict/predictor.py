@@ -94,6 +94,12 @@ def train_predictor(items: Sequence[Hashable | str] | Sequence[ir.Model | str | 
     featurizer = Featurizer(spec, cache_dir=cache_dir)
     X = featurizer.archs(items) if spec.space else featurizer.models(items)  # type: ignore[arg-type]
     record["featurize_s"] = round(time.perf_counter() - started, 3)
+    if "zc" in spec.groups:  # which metrics and images made the zc features
+        from graphopt.predict.zero_cost import ZeroCostSpec
+
+        record["zero_cost"] = ZeroCostSpec().key()
+    if featurizer.zero_cost_seconds:  # zc features: their cost per item (computed now or read from the cache)
+        record["zero_cost_s_per_item"] = round(float(np.median(list(featurizer.zero_cost_seconds.values()))), 3)
     fit_started = time.perf_counter()
     if spec.space is not None and "onehot" in spec.groups:
         heads["arch"] = create_model(model, members=members, seed=seed).fit(X, y)
