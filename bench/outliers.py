@@ -6,16 +6,20 @@ initializer (see :func:`export_encoder`); its vocabulary is the most frequent Mi
 training text (others map to ``[UNK]``). The text is packed as in BERT pre-training, ``[CLS] s1 [SEP] s2
 [SEP] ...`` blocks of ``--sequence`` tokens, so that delimiters, the tokens the paper's "no-op" heads
 attend to, are frequent (``--no-pack``: one padded sentence per row). Three graphs are made from that one
-export: *vanilla* (no rewrite), *clipped softmax* (``clipped-softmax`` with its defaults: ``gamma = -alpha /
-T``, ``alpha = 4``, ``zeta = 1``) and *gated attention* (``gated-attention`` with ``mode=scratch``). Every
-initializer is trained with graphopt's torch executor (``TorchExecutor(trainable="all")``) on masked-LM over
+export: *vanilla* (no rewrite), *clipped softmax* (``clipped-softmax``, ``gamma = -alpha / T``, ``zeta = 1``,
+``--clip-alpha``, default 0.5: from scratch the attention is near uniform, ``1 / T``, and any
+``alpha >= T / (T - 1)`` clips every probability to 0, through which Clip passes no gradient) and *gated
+attention* (``gated-attention`` with ``mode=scratch``). Every initializer is trained with graphopt's torch
+executor (``TorchExecutor(trainable="all")``) on masked-LM over
 standard-library docstring sentences (15% of tokens picked; 80% ``[MASK]``, 10% random, 10% kept; the
 loss is cross-entropy on the picked positions only, so the loop lives here rather than in ``finetune``),
 with the same data order and masks for all three, and written back. On held-out sentences (fixed masks):
 MLM perplexity in fp32 with onnxruntime, max |x| and kurtosis of every attention block's output
 (``graphopt.analysis`` outlier statistics, padding excluded), of the attention layer's output after its
 residual Add and LayerNorm and of the feed-forward output (:func:`stream_statistics`), and the perplexity
-after ``quantize(model, "w8a8", calib)`` (static QDQ, per-channel int8 weights, uint8 activations). Every
+after ``quantize(model, "w8a8", calib)`` (static QDQ, per-channel int8 weights, uint8 activations), with
+activation QDQ on the MatMul inputs only (graphopt's default) and with ``residual=True`` (also the inputs of
+residual Adds and LayerNorms, per tensor: the paper quantizes all activations). Every
 ``--check-every`` steps the same statistics are taken with the executor, to show the trend.
 
 Part 2, fine-tuning the real all-MiniLM-L6-v2 (dynamo export): ``gated-attention`` in its fine-tuning mode
@@ -28,7 +32,9 @@ Run: ``.venv/bin/python bench/outliers.py [--steps N] [--quick] [--out bench/res
 --minilm-lr LR`` reruns part 2 alone and appends it to the existing results. On few cores the variants can
 run in parallel: ``--data-cache D.npz --encoder E.onnx --prepare`` once, then one process per
 ``--variants NAME --out DIR_NAME`` (same settings), then ``--merge DIR_*/outliers.json --out bench/results``
-(which keeps the MiniLM part of the existing report, marked as earlier).
+(which keeps the MiniLM part of the existing report, marked as earlier). ``--save-models DIR`` keeps the
+trained models and a snapshot every ``--check-every`` steps; ``--rescore DIR_*/outliers.json --save-models DIR``
+adds the W8A8 scores of both modes to such runs, with a trend over the snapshots (``--rescore-every``).
 """
 
 from __future__ import annotations
@@ -183,13 +189,14 @@ def export_encoder(path: Path, vocab: int, layers: int, hidden: int, heads: int,
     log(f"exported the encoder with the {result.exporter} exporter ({expected} parameters, all initializers)")
 
 
-def variants(path: Path) -> dict[str, Any]:
+def variants(path: Path, clip_alpha: float = 4.0) -> dict[str, Any]:
+    """The three graphs from one export; clipped softmax with ``gamma = -clip_alpha / T``."""
     import onnx_ir as ir
 
     from graphopt.passes import create_pass
 
     out = {}
-    for name, spec in (("vanilla", None), ("clipped-softmax", ("clipped-softmax", {})),
+    for name, spec in (("vanilla", None), ("clipped-softmax", ("clipped-softmax", {"alpha": clip_alpha})),
                        ("gated-attention", ("gated-attention", {"mode": "scratch"}))):
         model = ir.load(path)
         if spec is not None:
@@ -205,11 +212,13 @@ def variants(path: Path) -> dict[str, Any]:
 
 
 def train_mlm(model: Any, data: dict[str, Any], steps: int, batch: int, lr: float, seed: int,
-              check_every: int = 0, weight_decay: float = 0.01) -> dict[str, Any]:
+              check_every: int = 0, weight_decay: float = 0.01, snapshots: Path | None = None) -> dict[str, Any]:
     """Masked-LM training of every initializer; the trained values are written back into ``model``.
 
     Every ``check_every`` steps the outlier statistics of :func:`stream_taps` are taken on 64 held-out
-    rows with the executor itself (the taps are extra outputs of a training copy), to follow the trend."""
+    rows with the executor itself (the taps are extra outputs of a training copy), to follow the trend;
+    with ``snapshots`` (a path prefix) the model of that step is also saved as ``<prefix>-step<N>.onnx``."""
+    import onnx_ir as ir
     import torch
     import torch.nn.functional as F
 
@@ -249,6 +258,12 @@ def train_mlm(model: Any, data: dict[str, Any], steps: int, batch: int, lr: floa
                              "kurtosis": round(max(x[1] for x in stats), 2)}
         trend.append(row)
         log("  trend " + json.dumps(row))
+        if snapshots is not None:
+            snapshot = executor.write_back(model.clone())
+            target = snapshots.with_name(f"{snapshots.name}-step{step}.onnx")
+            with tempfile.NamedTemporaryFile(dir=target.parent, suffix=".onnx", delete=False) as tmp:
+                ir.save(snapshot, tmp.name)
+            os.replace(tmp.name, target)
 
     if check_every:
         check(0)
@@ -377,12 +392,80 @@ def stream_statistics(model: Any, feeds: dict[str, np.ndarray]) -> dict[str, Any
 
 
 def w8a8_perplexity(model: Any, calib: dict[str, np.ndarray], evaluation: tuple[np.ndarray, ...],
-                    method: str) -> float:
+                    method: str, residual: bool = False) -> float:
+    """Perplexity after ``quantize(model, "w8a8", calib, method=..., residual=...)``: QDQ on the MatMul
+    inputs only, or with ``residual`` also on the residual stream (the inputs of residual Adds and of
+    LayerNormalization, per tensor, as the paper's W8A8 quantizes all activations)."""
     from graphopt.quantize import quantize
 
     with _common.stdout_to_stderr():
-        result = quantize(model, "w8a8", calib, method=method)
+        result = quantize(model, "w8a8", calib, method=method, residual=residual)
     return perplexity(result.model, *evaluation)
+
+
+def w8a8_scores(model: Any, calib: dict[str, np.ndarray], evaluation: tuple[np.ndarray, ...],
+                methods: tuple[str, ...] = ("percentile", "minmax")) -> dict[str, float]:
+    """``ppl_w8a8_<method>`` (MatMul inputs) and ``ppl_w8a8_residual_<method>`` (and the residual stream)."""
+    out = {}
+    for method in methods:
+        out[f"ppl_w8a8_{method}"] = w8a8_perplexity(model, calib, evaluation, method)
+        out[f"ppl_w8a8_residual_{method}"] = w8a8_perplexity(model, calib, evaluation, method, residual=True)
+    return out
+
+
+def score_snapshot(path: Path, step: int, evaluation: tuple[np.ndarray, ...], calib: dict[str, np.ndarray],
+                   held: dict[str, np.ndarray]) -> dict[str, Any]:
+    """fp32 and W8A8 (both modes, percentile) perplexity and stream statistics of one snapshot, cached
+    next to it as ``<snapshot>.score.json`` (so that snapshots can be scored while training goes on)."""
+    import onnx_ir as ir
+
+    cache = path.with_suffix(".score.json")
+    if cache.exists() and cache.stat().st_mtime >= path.stat().st_mtime:
+        return dict(json.loads(cache.read_text()))
+    model = ir.load(path)
+    point = {"step": step, "ppl_fp32": perplexity(model, *evaluation),
+             **w8a8_scores(model, calib, evaluation, ("percentile",)),
+             "stream": stream_statistics(model, held)["summary"]}
+    _common.write_json(cache, point)
+    return point
+
+
+def rescore(paths: list[Path], models: Path, data: dict[str, Any], seed: int, calib_rows: int,
+            every: int) -> None:
+    """Add the W8A8 scores of both modes to runs made with ``--save-models`` (their ``outliers.json``,
+    rewritten in place): for the final model of each variant, and, as a trend, for its snapshots every
+    ``every`` steps (fp32 and W8A8 perplexity, percentile ranges; stream statistics on the held-out data).
+    The final model's fp32 perplexity is recomputed and must match the run's."""
+    import onnx_ir as ir
+
+    evaluation, calib = evaluation_data(data, seed, calib_rows)
+    held = {"input_ids": data["held"][0], "attention_mask": data["held"][1]}
+    for path in paths:
+        part = json.loads(path.read_text())
+        for name, row in part["scratch"].items():
+            model = ir.load(models / f"{name}.onnx")
+            ppl = perplexity(model, *evaluation)
+            if not math.isclose(ppl, row["ppl_fp32"], rel_tol=1e-4):
+                raise SystemExit(f"{name}: the saved model's perplexity is {ppl:.4f}, the run's {row['ppl_fp32']:.4f}")
+            row.update(w8a8_scores(model, calib, evaluation))
+            log(f"{name}: W8A8 " + json.dumps({k: round(v, 2) for k, v in row.items() if k.startswith("ppl_")}))
+            trend = []
+            for step in range(0, part["settings"]["steps"] + 1, every):
+                snapshot = models / f"{name}-step{step}.onnx"
+                if not snapshot.exists():
+                    continue
+                point = score_snapshot(snapshot, step, evaluation, calib, held)
+                trend.append(point)
+                log(f"  {name} step {step}: " + json.dumps({k: round(v, 2) for k, v in point.items()
+                                                             if k.startswith("ppl_")}))
+            row["w8a8_trend"] = trend
+        _common.write_json(path, part)
+
+
+def _io_save(model: Any, path: Path) -> None:
+    from graphopt._io import save_model
+
+    save_model(model, path)
 
 
 # --------------------------------------------------------------------------- part 2: MiniLM
@@ -502,12 +585,20 @@ def markdown(report: dict[str, Any]) -> str:
         "layer* = after its residual Add and LayerNorm (the paper's \"output of an attention layer\"), *FFN* = "
         "the feed-forward output before its residual Add (where the paper sees the largest outliers); kurtosis "
         "per token (3 for a Gaussian), averaged over tokens. W8A8: `quantize(model, 'w8a8', calib)` on "
-        f"{s['calib']} masked training rows, percentile and min-max activation ranges.", "",
+        f"{s['calib']} masked training rows, percentile (99.999) and min-max activation ranges; *MatMul*: "
+        "activation QDQ on MatMul inputs only (graphopt's default), *+ residual*: `residual=True` "
+        "(`graphopt quantize --residual`), also the inputs of every residual Add and LayerNorm, per tensor, as "
+        "the paper's W8A8 quantizes all activations. Clipped softmax: gamma = -alpha / T with alpha "
+        f"{s.get('clip_alpha', 4.0):g}, T = {s['sequence']}, zeta = 1.", "",
         "| model | train loss first / last | train time (s) | fp32 perplexity | o-proj max \\|x\\| / kurtosis | "
-        "attention layer max \\|x\\| / kurtosis | FFN max \\|x\\| / kurtosis | W8A8 perplexity (percentile) | "
-        "W8A8 perplexity (min-max) |",
+        "attention layer max \\|x\\| / kurtosis | FFN max \\|x\\| / kurtosis | W8A8 MatMul (percentile / "
+        "min-max) | W8A8 + residual (percentile / min-max) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
+
+    def ppl(row: dict[str, Any], prefix: str) -> str:
+        values = [row.get(f"{prefix}_{m}") for m in ("percentile", "minmax")]
+        return " / ".join(f"{v:.2f}" for v in values) if all(v is not None for v in values) else "-"
 
     def cell(row: dict[str, Any], kind: str) -> str:
         x = row.get("stream", {}).get("summary", {}).get(kind)
@@ -517,7 +608,7 @@ def markdown(report: dict[str, Any]) -> str:
         t = row["train"]
         lines.append(f"| {name} | {t['first_loss']:.2f} / {t['last_loss']:.2f} | {t['seconds']:.0f} | "
                      f"{row['ppl_fp32']:.2f} | {row['max_abs']:.2f} / {row['kurtosis']:.2f} | {cell(row, 'attention')} "
-                     f"| {cell(row, 'ffn')} | {row['ppl_w8a8_percentile']:.2f} | {row['ppl_w8a8_minmax']:.2f} |")
+                     f"| {cell(row, 'ffn')} | {ppl(row, 'ppl_w8a8')} | {ppl(row, 'ppl_w8a8_residual')} |")
     lines += ["", "Per layer, o-proj (max |x| / kurtosis): " + "; ".join(
         f"{name}: " + ", ".join(f"{x['max_abs']:.1f}/{x['kurtosis']:.1f}" for x in row["layers"])
         for name, row in report["scratch"].items()), ""]
@@ -533,6 +624,21 @@ def markdown(report: dict[str, Any]) -> str:
                 r = rows[i] if i < len(rows) else {}
                 cells.append(f"{r['proj']['kurtosis']:.1f} / {r['attention']['kurtosis']:.1f} / "
                              f"{r['ffn']['max_abs']:.1f}" if "attention" in r and "ffn" in r else "-")
+            lines.append(f"| {step} | " + " | ".join(cells) + " |")
+        lines.append("")
+    scored = {name: row["w8a8_trend"] for name, row in report["scratch"].items() if row.get("w8a8_trend")}
+    if scored:
+        lines += ["Perplexity of the snapshots during training (onnxruntime, all held-out rows; fp32 / W8A8 MatMul / "
+                  "W8A8 + residual, percentile ranges) and FFN max |x| / attention-layer kurtosis:", "",
+                  "| step | " + " | ".join(scored) + " |", "|---" * (len(scored) + 1) + "|"]
+        for step in sorted({p["step"] for rows in scored.values() for p in rows}):
+            cells = []
+            for rows in scored.values():
+                p = next((r for r in rows if r["step"] == step), None)
+                cells.append("-" if p is None else
+                             f"{p['ppl_fp32']:.1f} / {p['ppl_w8a8_percentile']:.1f} / "
+                             f"{p['ppl_w8a8_residual_percentile']:.1f}; {p['stream']['ffn']['max_abs']:.1f} / "
+                             f"{p['stream']['attention']['kurtosis']:.1f}")
             lines.append(f"| {step} | " + " | ".join(cells) + " |")
         lines.append("")
     runs = report.get("minilm") or []
@@ -560,6 +666,17 @@ def markdown(report: dict[str, Any]) -> str:
     if report.get("notes"):
         lines += ["Notes:", "", *[f"- {note}" for note in report["notes"]], ""]
     return "\n".join(lines)
+
+
+def evaluation_data(data: dict[str, Any], seed: int, calib_rows: int) -> tuple[tuple[np.ndarray, ...],
+                                                                               dict[str, np.ndarray]]:
+    """``((inputs, mask, labels) held out with fixed masks, calibration feeds)``: the first ``calib_rows``
+    training rows, masked as in training."""
+    held_ids, held_mask = data["held"]
+    held_inputs, held_labels = mask_tokens(held_ids, held_mask, data["vocab"], np.random.default_rng(seed + 7))
+    calib_ids, calib_mask = data["train"][0][:calib_rows], data["train"][1][:calib_rows]
+    calib_inputs, _ = mask_tokens(calib_ids, calib_mask, data["vocab"], np.random.default_rng(seed + 11))
+    return (held_inputs, held_mask, held_labels), {"input_ids": calib_inputs, "attention_mask": calib_mask}
 
 
 def cached_data(args: argparse.Namespace) -> dict[str, Any]:
@@ -637,7 +754,17 @@ def main() -> int:
     parser.add_argument("--merge", type=Path, nargs="+", metavar="JSON",
                         help="combine the variants of runs made with --variants into one report in --out")
     parser.add_argument("--note", action="append", help="with --merge: a line for the report's notes")
+    parser.add_argument("--rescore", type=Path, nargs="+", metavar="JSON",
+                        help="add W8A8 scores of both modes (and a trend over snapshots) to runs made with "
+                             "--save-models DIR (give the same DIR and --data-cache), in place")
+    parser.add_argument("--rescore-every", type=int, default=500, help="with --rescore: snapshot interval")
+    parser.add_argument("--score-snapshots", action="store_true",
+                        help="score (and cache) the snapshots in --save-models DIR now, every --rescore-every steps")
     parser.add_argument("--threads", type=int, default=1, help="torch threads for training")
+    parser.add_argument("--clip-alpha", type=float, default=0.5,
+                        help="clipped softmax gamma = -alpha / T (alpha >= T / (T - 1) clips uniform attention to 0)")
+    parser.add_argument("--save-models", type=Path, metavar="DIR",
+                        help="keep the trained models (and one per --check-every step) as DIR/NAME[-stepN].onnx")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     args = parser.parse_args()
     if args.quick:
@@ -662,6 +789,19 @@ def main() -> int:
     if args.merge:
         return merge(args.merge, args.out, args.note)
     data = cached_data(args)
+    if args.score_snapshots and args.save_models is not None:
+        evaluation, calib = evaluation_data(data, args.seed, args.calib)
+        held = {"input_ids": data["held"][0], "attention_mask": data["held"][1]}
+        for path in sorted(args.save_models.glob("*-step*.onnx")):
+            step = int(path.stem.rsplit("-step", 1)[1])
+            if step % args.rescore_every == 0:
+                log(f"{path.name}: {json.dumps(score_snapshot(path, step, evaluation, calib, held))[:160]}")
+        return 0
+    if args.rescore:
+        if args.save_models is None:
+            raise SystemExit("--rescore needs --save-models DIR (where the runs kept their models)")
+        rescore(args.rescore, args.save_models, data, args.seed, args.calib, args.rescore_every)
+        return 0
     if args.prepare:
         if args.encoder is None:
             raise SystemExit("--prepare needs --encoder")
@@ -670,28 +810,27 @@ def main() -> int:
     report["data"] = {k: data[k] for k in ("vocab", "coverage", "tokens_per_sentence", "delimiter_share", "blocks")}
     log(f"data: {json.dumps(report['data'])}")
     held_ids, held_mask = data["held"]
-    held_inputs, held_labels = mask_tokens(held_ids, held_mask, data["vocab"], np.random.default_rng(args.seed + 7))
-    evaluation = (held_inputs, held_mask, held_labels)
-    calib_ids, calib_mask = data["train"][0][: args.calib], data["train"][1][: args.calib]
-    calib_inputs, _ = mask_tokens(calib_ids, calib_mask, data["vocab"], np.random.default_rng(args.seed + 11))
-    calib = {"input_ids": calib_inputs, "attention_mask": calib_mask}
+    evaluation, calib = evaluation_data(data, args.seed, args.calib)
     report["scratch"] = {}
     with tempfile.TemporaryDirectory(prefix="graphopt-outliers-") as scratch:
         path = args.encoder if args.encoder is not None and args.encoder.exists() else Path(scratch) / "encoder.onnx"
         if not path.exists():
             export_encoder(path, data["vocab"], args.layers, args.hidden, args.heads, args.sequence, args.seed)
         wanted = args.variants.split(",")
-        for name, model in variants(path).items():
+        for name, model in variants(path, args.clip_alpha).items():
             if name not in wanted:
                 continue
             log(f"{name}: training {args.steps} steps")
+            if args.save_models is not None:
+                args.save_models.mkdir(parents=True, exist_ok=True)
             train = train_mlm(model, data, args.steps, args.batch, args.lr, args.seed, args.check_every,
-                              args.weight_decay)
+                              args.weight_decay, args.save_models / name if args.save_models else None)
+            if args.save_models is not None:
+                _io_save(model, args.save_models / f"{name}.onnx")
             row: dict[str, Any] = {"train": train, "ppl_fp32": perplexity(model, *evaluation)}
             row.update(outliers(model, {"input_ids": held_ids, "attention_mask": held_mask}))
             row["stream"] = stream_statistics(model, {"input_ids": held_ids, "attention_mask": held_mask})
-            for method in ("percentile", "minmax"):
-                row[f"ppl_w8a8_{method}"] = w8a8_perplexity(model, calib, evaluation, method)
+            row.update(w8a8_scores(model, calib, evaluation))
             report["scratch"][name] = row
             log(f"{name}: ppl {row['ppl_fp32']:.2f}, max|x| {row['max_abs']:.2f}, kurtosis {row['kurtosis']:.2f}, "
                 f"stream {json.dumps(row['stream']['summary'])}, "

@@ -59,6 +59,7 @@ class QuantizeOptions:
     activation_type: str = "uint8"
     smooth_alpha: float | None = None
     quantize_bmm: bool = False
+    residual: bool = False
     per_channel: bool = True
     embeddings: bool = True
     exclude: tuple[str, ...] = ()
@@ -128,7 +129,7 @@ def _w8a8_steps(o: QuantizeOptions) -> list[RecipeStep]:
     steps.append(RecipeStep("quantize-activations", {
         "calib": o.calib_path, "method": o.method, "percentile": o.percentile, "activation_type": o.activation_type,
         "quantize_bmm": o.quantize_bmm, "exclude": list(o.exclude), "holdout": _holdout(o), "embeddings": o.embeddings,
-        "batch_size": o.batch_size,
+        "batch_size": o.batch_size, **({"residual": True} if o.residual else {}),
     }))
     return steps
 

@@ -6,8 +6,10 @@ import json
 from pathlib import Path
 
 import numpy as np
+import onnx_ir as ir
 import pytest
 
+from graphopt.cli import main
 from graphopt.errors import InputError, UsageError
 from graphopt.quantize import (
     QUANTIZATION_KEY,
@@ -18,7 +20,9 @@ from graphopt.quantize import (
     quantize,
     scheme_recipe,
 )
+from tests.conftest import op_types
 from tests.rewrites.test_quantize_activations import block_model, feeds
+from tests.rewrites.test_quantize_activations_residual import stream_feeds, stream_model
 
 
 def test_fidelity_is_the_worst_mean_cosine() -> None:
@@ -154,3 +158,20 @@ def test_weight_method_auto_uses_gptq_only_with_calibration() -> None:
 def test_scheme_argument_errors(scheme: str, message: str) -> None:
     with pytest.raises(UsageError, match=message):
         scheme_recipe(scheme)
+
+
+def test_w8a8_residual_option_reaches_the_pass(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert "residual" not in scheme_recipe("w8a8", QuantizeOptions()).steps[-1].settings
+    assert scheme_recipe("w8a8", QuantizeOptions(residual=True)).steps[-1].settings["residual"] is True
+    plain = quantize(stream_model(), "w8a8", stream_feeds())
+    result = quantize(stream_model(), "w8a8", stream_feeds(), residual=True)
+    assert op_types(plain.model).count("QuantizeLinear") == 2
+    assert op_types(result.model).count("QuantizeLinear") == 7
+    assert json.loads(result.model.metadata_props[QUANTIZATION_KEY])["options"]["residual"] is True
+    model = tmp_path / "m.onnx"
+    ir.save(stream_model(), model)
+    assert main(["quantize", str(model), "--dry-run", "--calib", "c.npz", "--residual", "--json"]) == 0
+    assert '"residual": true' in capsys.readouterr().out
+    out = tmp_path / "q.onnx"
+    assert main(["quantize", str(model), "-o", str(out), "--scheme", "w4a16", "--residual"]) == 2
+    assert "--residual applies to the w8a8 scheme" in capsys.readouterr().err and not out.exists()

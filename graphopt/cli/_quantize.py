@@ -36,6 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--activation-type", choices=("uint8", "int8"), default="uint8",
                         help="asymmetric uint8 (default, fuses best in onnxruntime) or symmetric int8")
     parser.add_argument("--smooth-alpha", type=float, help="apply SmoothQuant with this migration strength")
+    parser.add_argument("--residual", action="store_true",
+                        help="w8a8: also quantize the residual stream (inputs of residual Adds and LayerNorms)")
     parser.add_argument("--target-fidelity", type=float,
                         help="keep the most sensitive layers in float until the mean cosine to the float model "
                         "on held-out calibration samples reaches this; exit 1 if impossible")
@@ -63,7 +65,9 @@ def run(args: argparse.Namespace) -> int:
                     [(f"{s.name}:{s.arguments}" if s.arguments else s.name, "yes" if s.needs_calibration else
                       "optional", s.description) for s in SCHEMES.values()])
         return 0
-    parse_scheme(args.scheme)  # unknown scheme or bad arguments: one line, exit 2
+    scheme, _ = parse_scheme(args.scheme)  # unknown scheme or bad arguments: one line, exit 2
+    if args.residual and scheme.name != "w8a8":
+        raise UsageError(f"--residual applies to the w8a8 scheme, not {scheme.name!r}")
     if args.calib and args.calib_text:
         raise UsageError("give either --calib or --calib-text, not both")
     if args.calib_text and not args.tokenizer:
@@ -74,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         method=args.method, percentile=args.percentile, activation_type=args.activation_type,
         smooth_alpha=args.smooth_alpha, exclude=tuple(args.exclude), target_fidelity=args.target_fidelity,
         holdout=args.holdout, embeddings=not args.keep_embeddings, calib_path=args.calib or args.save_calib or "",
-        weight_method=args.weight_method, grouping=args.grouping,
+        weight_method=args.weight_method, grouping=args.grouping, residual=args.residual,
     )
     options.validate()
     if args.dry_run:

@@ -11,6 +11,14 @@ int8 symmetric). Only the inputs of MatMul / Gemm with a constant weight are qua
 also activation x activation MatMuls, ``quantize_bmm``): LayerNorm, Softmax, GELU and residual Adds
 stay float, which is what keeps a transformer accurate. onnxruntime's CPU QDQ fusion turns the
 pattern into ``MatMulIntegerToFloat`` (``DynamicQuantizeMatMul``'s static sibling) at load time.
+With ``residual``, the residual stream is quantized too, per tensor, as in the W8A8 of Bondarenko et al.
+(2023), which quantizes all activations: the inputs of LayerNormalization / RMSNormalization /
+SimplifiedLayerNormalization / SkipLayerNormalization and of every residual Add (an Add of two run-time
+tensors whose sum reaches a normalization, directly or through other such Adds)
+
+    Add(x, y) -> Add(QDQ(x), QDQ(y)),    LayerNormalization(r, g, b) -> LayerNormalization(QDQ(r), g, b)
+
+which is where the outliers of a transformer live (the feed-forward output before its residual Add).
 With ``embeddings`` (the default), Gather tables of at least 65536 elements are stored as int8 per
 column too (:func:`quantize_gathers`), which is where most of a small transformer's bytes are.
 
@@ -38,6 +46,7 @@ from graphopt.rewrites.quantize_weights import _add_initializer
 
 __all__ = [
     "INSERTED_BY",
+    "NORMALIZATIONS",
     "QuantizeActivationsPass",
     "QuantizeActivationsSettings",
     "WeightSite",
@@ -45,6 +54,7 @@ __all__ = [
     "load_calibration",
     "quantize_gathers",
     "quantize_per_channel",
+    "residual_sites",
     "split_holdout",
     "weight_sites",
 ]
@@ -53,6 +63,11 @@ logger = logging.getLogger(__name__)
 
 INSERTED_BY = "graphopt.inserted_by"
 _ACTIVATION_TYPES = ("uint8", "int8")
+# normalization op -> indices of its stream inputs (the sum of Skip*Normalization's two inputs is normalized)
+NORMALIZATIONS: dict[str, tuple[int, ...]] = {
+    "LayerNormalization": (0,), "RMSNormalization": (0,), "SimplifiedLayerNormalization": (0,),
+    "SkipLayerNormalization": (0, 1), "SkipSimplifiedLayerNormalization": (0, 1),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +107,37 @@ def weight_sites(graph: ir.Graph, *, exclude: Sequence[str] = (), min_elements: 
             continue
         sites.append(WeightSite(node, weight, axis))
     return sites
+
+
+def residual_sites(graph: ir.Graph, *, exclude: Sequence[str] = ()) -> list[tuple[ir.Node, int]]:
+    """``(node, input index)`` of the residual stream: the stream inputs of normalizations
+    (:data:`NORMALIZATIONS`) and both inputs of residual Adds, i.e. Adds of two run-time tensors whose sum
+    is a normalization's stream input or an input of another residual Add (found backwards from the
+    normalizations, so a bias Add or the attention mask's Add is never one). Nodes named in ``exclude`` are
+    left out, and so are inputs that are not float activations (or are already dequantized)."""
+    found: list[tuple[ir.Node, int]] = []
+    seen: set[int] = set()
+    pending: list[ir.Value] = []
+    for node in graph:
+        indices = NORMALIZATIONS.get(node.op_type)
+        if indices is None or (node.name and node.name in exclude):
+            continue
+        for index in indices:
+            if index < len(node.inputs) and node.inputs[index] is not None:
+                found.append((node, index))
+                pending.append(node.inputs[index])  # type: ignore[arg-type]
+    while pending:
+        add = pending.pop().producer()
+        if add is None or add.op_type != "Add" or add.domain not in ("", "ai.onnx") or id(add) in seen:
+            continue
+        seen.add(id(add))
+        if (add.name and add.name in exclude) or not all(v is not None and _is_runtime(v) for v in add.inputs):
+            continue
+        for index, value in enumerate(add.inputs):
+            found.append((add, index))
+            pending.append(value)  # type: ignore[arg-type]
+    return [(node, index) for node, index in found
+            if node.inputs[index] is not None and _is_float_activation(node.inputs[index])]  # type: ignore[arg-type]
 
 
 def quantize_gathers(graph: ir.Graph, *, inserted_by: str, exclude: Sequence[str] = (),
@@ -207,6 +253,9 @@ class QuantizeActivationsSettings(PassSettings):
     max_abs: float = setting(1e6, "calibration ignores values with |x| above this (masks of -inf / -3.4e38)")
     min_elements: int = setting(0, "leave weights with fewer elements in float")
     embeddings: bool = setting(True, "also store Gather tables (embeddings) of >= 65536 elements as int8 per column")
+    residual: bool = setting(False, "also quantize the residual stream: the inputs of residual Adds and of "
+                             "LayerNormalization / SkipLayerNorm, per tensor, as in the paper's W8A8",
+                             search=(False, True))
 
     def __post_init__(self) -> None:
         if isinstance(self.exclude, list):
@@ -273,6 +322,13 @@ class QuantizeActivationsPass(GraphoptPass[QuantizeActivationsSettings]):
                     consumers.setdefault(v.name, []).append((node, index))
                     values[v.name] = v
         gathers = quantize_gathers(graph, inserted_by=self.name, exclude=s.exclude) if s.embeddings else 0
+        # after the Gather rewrite, which replaces values: an int8 embedding's output is already dequantized
+        stream = residual_sites(graph, exclude=s.exclude) if s.residual else []
+        for node, index in stream:
+            x = node.inputs[index]
+            if x is not None and x.name:
+                consumers.setdefault(x.name, []).append((node, index))
+                values[x.name] = x
         if not sites and not consumers:
             return ir.passes.PassResult(model, gathers > 0)
         collectors = self._ranges(model, list(consumers))
@@ -286,7 +342,8 @@ class QuantizeActivationsPass(GraphoptPass[QuantizeActivationsSettings]):
         for site in sites:
             self._quantize_weight(graph, site, done)
         graph.sort()
-        logger.info("quantize-activations: %d weights, %d activations", len(sites), len(consumers))
+        logger.info("quantize-activations: %d weights, %d activations (%d residual-stream inputs)", len(sites),
+                    len(consumers), len(stream))
         return ir.passes.PassResult(model, True)
 
     def _ranges(self, model: ir.Model, names: list[str]) -> Mapping[str, RangeCollector]:
@@ -346,6 +403,14 @@ class QuantizeActivationsPass(GraphoptPass[QuantizeActivationsSettings]):
         site.node.replace_input_with(1, dq.outputs[0])
         if not site.weight.uses() and not site.weight.is_graph_output() and site.weight.name:
             graph.initializers.pop(site.weight.name)
+
+
+def _is_runtime(value: ir.Value) -> bool:
+    """Computed at run time (or a graph input): neither an initializer nor a Constant node's output."""
+    if value.const_value is not None or value.is_initializer():
+        return False
+    producer = value.producer()
+    return producer is None or producer.op_type != "Constant"
 
 
 def _is_float_activation(value: ir.Value) -> bool:
