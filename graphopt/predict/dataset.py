@@ -343,14 +343,7 @@ def _read_cached(path: Path) -> _GraphInfo | None:
 
 
 def _write_cached(path: Path, info: _GraphInfo) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     record: dict[str, Any] = {"features": info.features.tolist(), "text": info.text}
     if info.live is not None:
         record["live"] = info.live.tolist()
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(record, handle)
-        os.replace(tmp, path)
-    except OSError:
-        Path(tmp).unlink(missing_ok=True)
+    _write_json(path, record)
