@@ -175,25 +175,11 @@ def extract_subnetwork(
     head_counts = _per_layer(heads, kept, "heads")
     mlp_counts = _per_layer(mlp, kept, "mlp")
     if head_counts:
-        groups = [analysis.heads[i] for i in kept]
-        for g in groups:
-            if g.reason is not None:
-                raise UsageError(f"attention block {g.index} cannot be pruned: {g.reason}")
-            if not 1 <= head_counts[g.index] <= g.units:
-                raise UsageError(f"layer {g.index}: heads must be in [1, {g.units}], got {head_counts[g.index]}")
-        scores = _first(groups) if importance == "first" else head_scores(work, groups, importance, feeds, seed)
-        for g in groups:
-            prune_head_group(work, g, top_units(scores[g.index], head_counts[g.index]).tolist())
+        _keep_units(work, [analysis.heads[i] for i in kept], head_counts, "attention block", "heads",
+                    head_scores, prune_head_group, importance, feeds, seed)
     if mlp_counts:
-        mgroups = [analysis.mlps[i] for i in kept]
-        for m in mgroups:
-            if m.reason is not None:
-                raise UsageError(f"MLP block {m.index} cannot be pruned: {m.reason}")
-            if not 1 <= mlp_counts[m.index] <= m.units:
-                raise UsageError(f"layer {m.index}: mlp must be in [1, {m.units}], got {mlp_counts[m.index]}")
-        scores = _first(mgroups) if importance == "first" else mlp_scores(work, mgroups, importance, feeds, seed)
-        for m in mgroups:
-            prune_mlp_group(work, m, top_units(scores[m.index], mlp_counts[m.index]).tolist())
+        _keep_units(work, [analysis.mlps[i] for i in kept], mlp_counts, "MLP block", "mlp",
+                    mlp_scores, prune_mlp_group, importance, feeds, seed)
     if hidden is not None:
         _keep_hidden(work, int(hidden), importance, feeds, seed)
     if head_counts or mlp_counts or hidden is not None:
@@ -229,6 +215,20 @@ def _keep_hidden(model: ir.Model, count: int, importance: str, feeds: Mapping[st
         scores = (-np.arange(group.width, dtype=np.float64) if importance == "first"
                   else hidden_scores(model, group, importance, feeds, seed))
         prune_hidden_group(model, group, top_units(scores, count).tolist())
+
+
+def _keep_units(model: ir.Model, groups: Sequence[Any], counts: Mapping[int, int], block: str, what: str,
+                scorer: Any, pruner: Any, importance: str, feeds: Mapping[str, np.ndarray] | None,
+                seed: int) -> None:
+    """Keep ``counts[g.index]`` units of every group (heads or MLP neurons), the best by ``importance``."""
+    for g in groups:
+        if g.reason is not None:
+            raise UsageError(f"{block} {g.index} cannot be pruned: {g.reason}")
+        if not 1 <= counts[g.index] <= g.units:
+            raise UsageError(f"layer {g.index}: {what} must be in [1, {g.units}], got {counts[g.index]}")
+    scores = _first(groups) if importance == "first" else scorer(model, groups, importance, feeds, seed)
+    for g in groups:
+        pruner(model, g, top_units(scores[g.index], counts[g.index]).tolist())
 
 
 def _first(groups: Sequence[Any]) -> dict[int, np.ndarray]:
