@@ -33,8 +33,16 @@ for i in range(2000):
 
 def _weights(path: Path) -> dict[str, np.ndarray]:
     """The initializers of the model at ``path`` (external data resolved)."""
-    model = onnx.load(str(path))
-    return {t.name: onnx.numpy_helper.to_array(t, base_dir=str(path.parent)) for t in model.graph.initializer}
+    return _weights_of(onnx.load(str(path)), path.parent)
+
+
+def _weights_of(model: onnx.ModelProto, base_dir: Path | None = None) -> dict[str, np.ndarray]:
+    return {t.name: onnx.numpy_helper.to_array(t, base_dir=str(base_dir or "")) for t in model.graph.initializer}
+
+
+def _describe(weights: dict[str, np.ndarray]) -> str:
+    """Names, shapes and checksums: enough to tell a truncated or mixed read from a complete one."""
+    return ", ".join(f"{k}{list(v.shape)}:{float(np.nansum(v)):.4f}" for k, v in sorted(weights.items()))
 
 
 def _same(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> bool:
@@ -68,7 +76,11 @@ def test_two_writers_same_path(tmp_path: Path, external: bool) -> None:
     while any(p.poll() is None for p in processes):
         if out.exists() and not external:
             # A single-file model is replaced by one rename: every read sees a complete file.
-            assert any(_same(_weights(out), e) for e in expected)
+            data = out.read_bytes()
+            read = _weights_of(onnx.load_from_string(data))
+            assert any(_same(read, e) for e in expected), (
+                f"a read of {len(data)} bytes is neither result: {_describe(read)}; "
+                f"expected {[_describe(e) for e in expected]}")
             seen += 1
         if seen >= 10 or external:
             stop.touch()
