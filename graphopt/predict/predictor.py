@@ -51,8 +51,19 @@ class Predictor:
         if head not in self._featurizers:
             spec = self.spec if head == "arch" else self.spec.graph_only()
             assert spec is not None
+            if "zc" in spec.groups:
+                self._check_zero_cost()
             self._featurizers[head] = Featurizer(spec, cache_dir=self.cache_dir)
         return self._featurizers[head]
+
+    def _check_zero_cost(self) -> None:
+        """Refuse to score with ``zc`` features computed differently from those the heads were fitted on."""
+        from graphopt.predict.zero_cost import ZeroCostSpec
+
+        trained, now = self.info.get("zero_cost"), ZeroCostSpec().key()
+        if trained is not None and trained != now:
+            raise UsageError(f"this predictor's zc features were computed as {trained!r}, this graphopt computes "
+                             f"{now!r}: retrain the predictor")
 
     def score_archs(self, archs: Sequence[Hashable | str], *, space: str | None = None) -> Scores:
         """Scores of architectures of ``space`` (default: the training space)."""
@@ -66,6 +77,8 @@ class Predictor:
         if "graph" not in self.heads or graph_spec is None:
             raise UsageError(f"this predictor has no graph-level head and was trained on space {self.spec.space!r}, "
                              f"not {space!r}")
+        if "zc" in graph_spec.groups:
+            self._check_zero_cost()
         featurizer = Featurizer(dataclasses.replace(graph_spec, space=space), cache_dir=self.cache_dir)
         return Scores(*self.heads["graph"].predict(featurizer.archs(archs)))
 

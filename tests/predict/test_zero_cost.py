@@ -12,7 +12,7 @@ from graphopt.cli import main
 from graphopt.errors import InputError, UsageError
 from graphopt.nas.spaces import get_space
 from graphopt.nas.spaces.nb201 import NB201Space
-from graphopt.predict import FeatureSpec, Featurizer, load_predictor
+from graphopt.predict import FeatureSpec, Featurizer, load_predictor, save_predictor, train_predictor
 from graphopt.predict.zero_cost import ZC_METRICS, ZeroCostResult, ZeroCostSpec, zero_cost_features, zero_cost_transform
 from tests.predict.conftest import write_mlp
 
@@ -113,3 +113,17 @@ def test_cli_features_zc_trains_and_reports_the_cost(tmp_path, stub, capsys):
     code = main(["predictor", "train", "--space", "nb201", "--labels", str(tmp_path / "labels.csv"), "--target",
                  "acc", "--features", "onehot,zcx", "-o", str(tmp_path / "q.pred")])
     assert code == 2 and "zc" in capsys.readouterr().err and not (tmp_path / "q.pred").exists()
+
+
+def test_scoring_refuses_zc_features_computed_another_way(tmp_path, stub):
+    space = get_space("nb201")
+    archs = [space.to_string(a) for a in space.sample(np.random.default_rng(4), 6)]
+    predictor = train_predictor(archs, np.arange(6.0), spec=FeatureSpec(("onehot", "zc"), "nb201"), model="ridge",
+                                members=1, cache_dir=tmp_path)
+    path = save_predictor(predictor, tmp_path / "p.pred")
+    loaded = load_predictor(path)
+    assert loaded.score_archs(archs[:2]).mean.shape == (2,)
+    stale = load_predictor(path)
+    stale.info["zero_cost"] = "synflow|64|0|photos-v0"  # as if trained by a graphopt with other zc inputs
+    with pytest.raises(UsageError, match="retrain"):
+        stale.score_archs(archs[:2])
