@@ -103,7 +103,7 @@ def weight_sites(graph: ir.Graph, *, exclude: Sequence[str] = (), min_elements: 
             continue
         if weight.const_value.size < min_elements:
             continue
-        if node.name in exclude or weight.name in exclude:
+        if (node.name and node.name in exclude) or (weight.name and weight.name in exclude):
             continue
         sites.append(WeightSite(node, weight, axis))
     return sites

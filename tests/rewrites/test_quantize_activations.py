@@ -135,6 +135,13 @@ def test_exclude_keeps_a_site_in_float() -> None:
     assert [s.name for s in weight_sites(model.graph)] == [name]
 
 
+def test_an_empty_name_in_exclude_leaves_unnamed_nodes_alone() -> None:
+    model = block_model()
+    for node in model.graph:
+        node.name = ""
+    assert len(weight_sites(model.graph, exclude=("",))) == len(weight_sites(model.graph)) > 0
+
+
 def test_needs_calibration_and_validates_settings() -> None:
     with pytest.raises(UsageError, match="calibration"):
         QuantizeActivationsPass()(block_model())
