@@ -159,6 +159,42 @@ def test_module_mode_is_restored(tmp_path: Path) -> None:
     assert mlp.training is True
 
 
+class _FreshBlock(torch.nn.Module):
+    """Two zero-bias linears and two fresh LayerNorms: equal parameters the optimiser would merge or fold."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(8, 8), torch.nn.Linear(8, 8)
+        self.n1, self.n2 = torch.nn.LayerNorm(8), torch.nn.LayerNorm(8)
+        for linear in (self.a, self.b):
+            torch.nn.init.zeros_(linear.bias)
+
+    def forward(self, x: Any) -> Any:
+        return self.n2(self.b(self.n1(self.a(x))))
+
+
+@pytest.mark.parametrize("exporter", ("dynamo", "auto"))
+def test_keep_parameters_gives_every_parameter_its_own_initializer(exporter: str, tmp_path: Path) -> None:
+    block = _FreshBlock()
+    kept = export_module(block, (torch.randn(2, 8),), tmp_path / "kept.onnx", exporter=exporter,
+                         keep_parameters=True)
+    assert kept.exporter == "dynamo"
+    initializers = load_model(kept.path).graph.initializers.values()
+    floats = [v.const_value for v in initializers if v.const_value is not None
+              and v.const_value.dtype.is_floating_point() and v.const_value.size > 1]
+    assert len(floats) == 8 and sum(t.size for t in floats) == sum(p.numel() for p in block.parameters())
+    if exporter == "dynamo":  # what the option is for: the optimised export drops the biases, shares n2's params
+        merged = export_module(block, (torch.randn(2, 8),), tmp_path / "merged.onnx", exporter=exporter)
+        assert len(load_model(merged.path).graph.initializers) < 8
+
+
+def test_keep_parameters_refuses_the_torchscript_exporter(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="dynamo"):
+        export_module(_FreshBlock(), (torch.randn(2, 8),), tmp_path / "m.onnx", exporter="torchscript",
+                      keep_parameters=True)
+    assert not (tmp_path / "m.onnx").exists()
+
+
 # --- Hugging Face models from tiny configs ---------------------------------------------------
 
 # The default recipe's fuse-ort step breaks the dynamo export of GPT-2: inside onnxscript's

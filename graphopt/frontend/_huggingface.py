@@ -27,6 +27,7 @@ def export_hf_model(
     verify: bool = True,
     atol: float = 1e-4,
     rtol: float = 1e-3,
+    keep_parameters: bool = False,
 ) -> ExportResult:
     """Export a local Hugging Face model directory with dynamic batch (and sequence) axes.
 
@@ -35,7 +36,8 @@ def export_hf_model(
     ``[batch, channels, size, size]``. ``output`` picks the one output the graph returns:
     ``"last_hidden_state"`` (the base model, ``AutoModel``), ``"logits"`` (the head class named in
     ``config.json``'s ``architectures``), or ``None`` for logits when that class has a head and
-    the last hidden state otherwise. KV caches are disabled.
+    the last hidden state otherwise. KV caches are disabled. ``keep_parameters``: as in
+    :func:`export_module`.
     """
     torch = _torch()
     if batch < 1 or sequence < 1:
@@ -51,6 +53,7 @@ def export_hf_model(
     return export_module(
         wrapper, tuple(example.values()), path, input_names=list(example), output_names=[output],
         dynamic_axes=axes, opset=opset, exporter=exporter, verify=verify, atol=atol, rtol=rtol,
+        keep_parameters=keep_parameters,
     )
 
 
@@ -66,6 +69,7 @@ def export_sentence_embedder(
     verify: bool = True,
     atol: float = 1e-4,
     rtol: float = 1e-3,
+    keep_parameters: bool = False,
 ) -> ExportResult:
     """Export a sentence-transformers model (e.g. all-MiniLM-L6-v2) as one graph.
 
@@ -74,7 +78,7 @@ def export_sentence_embedder(
     the model's ``1_Pooling/config.json`` asks for CLS pooling. ``normalize=None`` applies L2
     normalisation when ``modules.json`` lists a ``Normalize`` module (or has no ``modules.json``).
     Inputs: ``input_ids``, ``attention_mask`` (and ``token_type_ids`` for BERT-like models),
-    output: ``sentence_embedding`` ``[batch, hidden]``.
+    output: ``sentence_embedding`` ``[batch, hidden]``. ``keep_parameters``: as in :func:`export_module`.
     """
     if batch < 1 or sequence < 1:
         raise UsageError("batch and sequence must be positive")
@@ -90,7 +94,7 @@ def export_sentence_embedder(
     return export_module(
         wrapper, tuple(example.values()), path, input_names=list(example),
         output_names=["sentence_embedding"], dynamic_axes=axes, opset=opset, exporter=exporter,
-        verify=verify, atol=atol, rtol=rtol,
+        verify=verify, atol=atol, rtol=rtol, keep_parameters=keep_parameters,
     )
 
 

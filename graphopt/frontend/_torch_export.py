@@ -74,6 +74,7 @@ def export_module(
     verify: bool = True,
     atol: float = 1e-4,
     rtol: float = 1e-3,
+    keep_parameters: bool = False,
 ) -> ExportResult:
     """Export ``module`` to ONNX at ``path`` and check it against torch with onnxruntime.
 
@@ -85,6 +86,10 @@ def export_module(
     verify). Raises :class:`ExportError` when every exporter fails and :class:`CheckFailed` when
     an export ran but its outputs differ from torch's beyond ``atol + rtol * |expected|``.
     The module runs in eval mode during the export; its previous mode is restored afterwards.
+    ``keep_parameters`` turns the exporters' graph optimisations off, which otherwise fold a zero
+    bias away and merge parameters that happen to be equal (fresh LayerNorm scales): every parameter
+    stays its own initializer, as training in the graph (``graphopt finetune``) needs. Only the dynamo
+    exporter can: the TorchScript exporter merges equal parameters whatever its options.
     """
     torch = _torch()
     if exporter not in EXPORTERS:
@@ -96,8 +101,11 @@ def export_module(
     out = check_output_path(path)
     args, kwargs, names = _normalise_inputs(module, example_inputs, input_names)
     job = _Job(module, args, kwargs, names, list(output_names) if output_names else None,
-               _check_dynamic_axes(dynamic_axes, names, output_names), opset)
-    order = ("dynamo", "torchscript") if exporter == "auto" else (exporter,)
+               _check_dynamic_axes(dynamic_axes, names, output_names), opset, keep_parameters)
+    if keep_parameters and exporter == "torchscript":
+        raise UsageError("keep_parameters needs the dynamo exporter: the TorchScript exporter merges parameters "
+                         "of equal value")
+    order = ("dynamo",) if keep_parameters else ("dynamo", "torchscript") if exporter == "auto" else (exporter,)
     start = time.perf_counter()
     failures: list[tuple[str, GraphoptError]] = []
     was_training = module.training
@@ -135,6 +143,7 @@ class _Job:
     output_names: list[str] | None
     axes: DynamicAxes
     opset: int
+    keep_parameters: bool = False
 
 
 # (inputs as (args, kwargs), torch's outputs, a label for messages)
@@ -313,7 +322,7 @@ def _run_exporter(exporter: str, job: _Job, target: Path) -> None:
                     module, args, None, kwargs=kwargs or None, dynamo=True,
                     input_names=None if kwargs else list(names), output_names=outputs,
                     dynamic_shapes=shapes if axes else None, opset_version=job.opset,
-                    optimize=True, verbose=False,
+                    optimize=not job.keep_parameters, verbose=False,
                 )
             if program is None:
                 raise ExportError("the dynamo exporter returned no program")
