@@ -25,8 +25,12 @@ residual Adds and LayerNorms, per tensor: the paper quantizes all activations). 
 Part 2, fine-tuning the real all-MiniLM-L6-v2 (dynamo export): ``gated-attention`` in its fine-tuning mode
 (gates start at exactly 1), only the gates trained (``finetune(trainable="gates", teacher=original,
 loss="cosine")``); then the same with an outlier penalty added to the loss (the mean over layers of
-``mean_token(kurtosis) / 3`` of the attention outputs, made graph outputs for training only). Reported:
-kurtosis and max |x| before/after and the embedding cosine to the original on held-out sentences.
+``mean_token(kurtosis) / 3`` of the attention outputs, made graph outputs for training only); then every
+weight trained (``--minilm-all-steps``, ``--minilm-all-lr``) with distillation plus ``--stream-penalty`` x the
+log of the whole-tensor kurtosis of the residual stream (attention-layer and feed-forward outputs), with the
+gates and, as the control, without them. Reported: kurtosis and max |x| before/after (attention outputs and
+the residual stream), the embedding cosine to the original on held-out sentences, and that cosine after
+W8A8 (percentile ranges) with activation QDQ on MatMul inputs only and with the residual stream quantized.
 
 Run: ``.venv/bin/python bench/outliers.py [--steps N] [--quick] [--out bench/results]``; ``--minilm-only
 --minilm-lr LR`` reruns part 2 alone and appends it to the existing results. On few cores the variants can
@@ -472,7 +476,7 @@ def _io_save(model: Any, path: Path) -> None:
 
 
 def minilm_part(steps: int, lr: float, calib: int, held: int, sequence: int, penalty: float,
-                seed: int) -> dict[str, Any]:
+                seed: int, all_steps: int = 300, all_lr: float = 5e-5, stream_penalty: float = 0.05) -> dict[str, Any]:
     import onnx_ir as ir
     import torch
 
@@ -492,11 +496,22 @@ def minilm_part(steps: int, lr: float, calib: int, held: int, sequence: int, pen
     held_feeds = tokenize(minilm_dir(), sentences[calib:], sequence=sequence)
     reference = make_session(original, threads=2).run(None, held_feeds)[0]
 
-    def measure(model: ir.Model) -> dict[str, Any]:
+    def cosine(model: ir.Model) -> np.ndarray:
         embeddings = make_session(model, threads=2).run(None, held_feeds)[0]
-        cos = (embeddings * reference).sum(-1) / (np.linalg.norm(embeddings, axis=-1)
-                                                  * np.linalg.norm(reference, axis=-1))
-        return {**outliers(model, held_feeds), "cosine_mean": float(cos.mean()), "cosine_min": float(cos.min())}
+        return np.asarray((embeddings * reference).sum(-1) / (np.linalg.norm(embeddings, axis=-1)
+                                                              * np.linalg.norm(reference, axis=-1)))
+
+    def measure(model: ir.Model) -> dict[str, Any]:
+        from graphopt.quantize import quantize
+
+        cos = cosine(model)
+        row = {**outliers(model, held_feeds), "cosine_mean": float(cos.mean()), "cosine_min": float(cos.min()),
+               "stream": stream_statistics(model, held_feeds)["summary"]}
+        for residual in (False, True):  # W8A8 (percentile ranges) calibrated on the training sentences
+            with _common.stdout_to_stderr():
+                quantized = quantize(model, "w8a8", train_feeds, method="percentile", residual=residual).model
+            row[f"w8a8{'_residual' if residual else ''}_cosine"] = float(cosine(quantized).mean())
+        return row
 
     rows: dict[str, Any] = {"original": measure(original)}
     log(f"MiniLM original: kurtosis {rows['original']['kurtosis']:.1f}, max|x| {rows['original']['max_abs']:.1f}")
@@ -514,26 +529,48 @@ def minilm_part(steps: int, lr: float, calib: int, held: int, sequence: int, pen
     key = f"gated, distillation + {penalty:g} x kurtosis penalty"
     rows[key] = {**measure(gated), "train": rows[key]}
     log(f"MiniLM gated (with penalty): kurtosis {rows[key]['kurtosis']:.1f}, cosine {rows[key]['cosine_mean']:.4f}")
+
+    # Every weight trained, against the residual stream's outliers (what W8A8 + residual trips on): with
+    # gates, and without them as the control that tells what the gates add.
+    for name, rewrite in (("gated", True), ("no gates", False)):
+        model = create_pass("gated-attention", {"mode": "finetune"})(original.clone()).model if rewrite else \
+            original.clone()
+        train = finetune_with_penalty(model, original, train_feeds, all_steps, all_lr, stream_penalty, seed, torch,
+                                      TorchExecutor, trainable="all", taps="stream")
+        key = f"{name}, all weights, distillation + {stream_penalty:g} x log stream kurtosis"
+        rows[key] = {**measure(model), "train": train}
+        log(f"MiniLM {key}: cosine {rows[key]['cosine_mean']:.4f}, W8A8 + residual "
+            f"{rows[key]['w8a8_residual_cosine']:.4f}, stream {json.dumps(rows[key]['stream'])}")
     return {"calibration_sentences": calib, "held_out_sentences": held, "sequence": sequence, "steps": steps,
-            "lr": lr, "penalty": penalty, "rows": rows}
+            "lr": lr, "penalty": penalty, "all_steps": all_steps, "all_lr": all_lr, "stream_penalty": stream_penalty,
+            "rows": rows}
 
 
 def finetune_with_penalty(model: Any, teacher: Any, feeds: dict[str, np.ndarray], steps: int, lr: float,
-                          weight: float, seed: int, torch: Any, executor_class: Any) -> dict[str, Any]:
-    """Train only the gates on ``1 - cos(y, teacher) + weight * mean_layers(mean_tokens(kurtosis) / 3)``
-    (padding excluded); the attention outputs are graph outputs of a training copy only."""
+                          weight: float, seed: int, torch: Any, executor_class: Any, trainable: str = "gates",
+                          taps: str = "proj") -> dict[str, Any]:
+    """Train ``trainable`` on a cosine distillation loss plus an outlier penalty (padding excluded), the
+    tapped values made graph outputs of a training copy only. ``taps="proj"``: the attention outputs,
+    penalty ``weight * mean_layers(mean_tokens(kurtosis) / 3)``; ``taps="stream"``: every attention
+    layer's output and feed-forward output (:func:`stream_taps`), penalty ``weight * log(mean_taps(
+    kurtosis / 3))`` with the kurtosis of the whole tensor (per-tensor ranges are what W8A8 pays for; the
+    log keeps a penalty that starts in the thousands from swamping the distillation)."""
     from graphopt.analysis._attention import find_attention
     from graphopt.analysis._outliers import _after_bias
     from graphopt.runtime import make_session
 
     work = model.clone()
-    located: list[dict[str, Any]] = []
-    find_attention(work.graph, [], located=located)
-    taps = [_after_bias(w["o"].outputs[0]) for w in located if w.get("o") is not None]
+    if taps == "proj":
+        located: list[dict[str, Any]] = []
+        find_attention(work.graph, [], located=located)
+        tapped = [_after_bias(w["o"].outputs[0]) for w in located if w.get("o") is not None]
+    else:
+        names = {name for tap in stream_taps(work) for kind, name in tap.items() if kind in ("attention", "ffn")}
+        tapped = [v for node in work.graph for v in node.outputs if v.name in names]
     out_name = work.graph.outputs[0].name
-    for tap in taps:
+    for tap in tapped:
         work.graph.outputs.append(tap)
-    executor = executor_class(work, trainable="gates")
+    executor = executor_class(work, trainable=trainable)
     params = [p for _, p in executor.named_trainable_parameters()]
     optimizer = torch.optim.Adam(params, lr=lr)
     target = make_session(teacher, threads=2).run(None, feeds)[0]
@@ -548,18 +585,24 @@ def finetune_with_penalty(model: Any, teacher: Any, feeds: dict[str, np.ndarray]
         keep = torch.from_numpy(feeds["attention_mask"][rows] != 0)
         cos = torch.nn.functional.cosine_similarity(out[out_name], torch.from_numpy(target[rows]), dim=-1)
         kurt = []
-        for tap in taps:
+        for tap in tapped:
             x = out[tap.name][keep]
-            c = x - x.mean(-1, keepdim=True)
-            kurt.append(((c ** 4).mean(-1) / (c ** 2).mean(-1) ** 2).mean() / 3)
+            if taps == "proj":
+                c = x - x.mean(-1, keepdim=True)
+                kurt.append(((c ** 4).mean(-1) / (c ** 2).mean(-1) ** 2).mean() / 3)
+            else:
+                c = x - x.mean()
+                kurt.append((c ** 4).mean() / (c ** 2).mean() ** 2 / 3)
         distil = (1 - cos).mean()
-        loss = distil + weight * torch.stack(kurt).mean()
+        mean_kurtosis = torch.stack(kurt).mean()
+        loss = distil + weight * (mean_kurtosis if taps == "proj" else torch.log(mean_kurtosis))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         history.append((float(distil.detach()), float(torch.stack(kurt).detach().mean() * 3)))
     executor.write_back(model)
-    return {"steps": steps, "seconds": round(time.perf_counter() - started, 1),
+    return {"steps": steps, "lr": lr, "trainable": trainable, "penalty_taps": taps,
+            "seconds": round(time.perf_counter() - started, 1),
             "first": {"distil": history[0][0], "mean_kurtosis": history[0][1]},
             "last": {"distil": history[-1][0], "mean_kurtosis": history[-1][1]}}
 
@@ -643,21 +686,7 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append("")
     runs = report.get("minilm") or []
     for m in runs if isinstance(runs, list) else [runs]:
-        earlier = f" (from an earlier run, {m['machine']['date']})" if m.get("earlier") and m.get("machine") else (
-            " (from an earlier run)" if m.get("earlier") else "")
-        lines += [
-            f"## Fine-tuning all-MiniLM-L6-v2 with gated attention (only the gates trained), lr {m.get('lr', 1e-2):g}"
-            + earlier,
-            "", f"{m['calibration_sentences']} training and {m['held_out_sentences']} held-out sentences, sequence "
-            f"{m['sequence']}, {m['steps']} Adam steps (lr {m.get('lr', 1e-2):g}, batch 8). Kurtosis / max |x|: "
-            "largest over the 6 attention outputs on the held-out sentences; cosine: sentence embeddings to the "
-            "original model.", "",
-            "| model | max \\|x\\| | kurtosis | mean cosine | min cosine |", "|---|---|---|---|---|",
-        ]
-        for name, row in m["rows"].items():
-            lines.append(f"| {name} | {row['max_abs']:.2f} | {row['kurtosis']:.2f} | {row['cosine_mean']:.5f} | "
-                         f"{row['cosine_min']:.5f} |")
-        lines.append("")
+        lines += minilm_markdown(m)
     threads = s.get("threads", 1)
     parallel = (f", the {report['parallel_runs']} variants in parallel processes ({threads} torch "
                 f"thread{'s' if threads != 1 else ''} each)") if report.get("parallel_runs") else ""
@@ -666,6 +695,43 @@ def markdown(report: dict[str, Any]) -> str:
     if report.get("notes"):
         lines += ["Notes:", "", *[f"- {note}" for note in report["notes"]], ""]
     return "\n".join(lines)
+
+
+def minilm_markdown(m: dict[str, Any]) -> list[str]:
+    """The section of one MiniLM fine-tuning run (runs before the stream statistics show "-" there)."""
+    earlier = f" (from an earlier run, {m['machine']['date']})" if m.get("earlier") and m.get("machine") else (
+        " (from an earlier run)" if m.get("earlier") else "")
+    streamed = any("stream" in row for row in m["rows"].values())
+    lines = [
+        f"## Fine-tuning all-MiniLM-L6-v2 with gated attention, gates lr {m.get('lr', 1e-2):g}" + earlier, "",
+        f"{m['calibration_sentences']} training and {m['held_out_sentences']} held-out sentences, sequence "
+        f"{m['sequence']}, batch 8, Adam: gates only, {m['steps']} steps at lr {m.get('lr', 1e-2):g}"
+        + (f"; all weights, {m['all_steps']} steps at lr {m['all_lr']:g}" if "all_steps" in m else "")
+        + ". Attention output: largest max |x| and per-token kurtosis over the 6 attention outputs on the "
+        "held-out sentences; cosine: sentence embeddings to the original model.", ""]
+    if streamed:
+        lines += ["Also the residual stream (largest over layers): *attention layer* = after the residual Add and "
+                  "LayerNorm (per-token kurtosis), *FFN* = the feed-forward output before its residual Add (max |x| "
+                  "and the kurtosis of the whole tensor, what a per-tensor range pays for); W8A8: mean cosine of "
+                  "`quantize(model, 'w8a8', train sentences, method='percentile')` to the original fp32 model, "
+                  "activation QDQ on MatMul inputs only, and with `residual=True` (also every residual Add and "
+                  "LayerNorm input).", "",
+                  "| model | attention output max \\|x\\| / kurtosis | attention layer kurtosis | FFN max \\|x\\| / "
+                  "tensor kurtosis | mean / min cosine | W8A8 cosine | W8A8 + residual cosine |",
+                  "|---|---|---|---|---|---|---|"]
+        for name, row in m["rows"].items():
+            att, ffn = row.get("stream", {}).get("attention"), row.get("stream", {}).get("ffn")
+            att_cell = f"{att['kurtosis']:.1f}" if att else "-"
+            ffn_cell = f"{ffn['max_abs']:.1f} / {ffn['kurtosis_tensor']:.0f}" if ffn else "-"
+            w8a8 = [f"{row[k]:.4f}" if k in row else "-" for k in ("w8a8_cosine", "w8a8_residual_cosine")]
+            lines.append(f"| {name} | {row['max_abs']:.2f} / {row['kurtosis']:.2f} | {att_cell} | {ffn_cell} | "
+                         f"{row['cosine_mean']:.4f} / {row['cosine_min']:.4f} | {w8a8[0]} | {w8a8[1]} |")
+    else:
+        lines += ["| model | max \\|x\\| | kurtosis | mean cosine | min cosine |", "|---|---|---|---|---|"]
+        for name, row in m["rows"].items():
+            lines.append(f"| {name} | {row['max_abs']:.2f} | {row['kurtosis']:.2f} | {row['cosine_mean']:.5f} | "
+                         f"{row['cosine_min']:.5f} |")
+    return [*lines, ""]
 
 
 def evaluation_data(data: dict[str, Any], seed: int, calib_rows: int) -> tuple[tuple[np.ndarray, ...],
@@ -743,6 +809,10 @@ def main() -> int:
     parser.add_argument("--minilm-steps", type=int, default=150)
     parser.add_argument("--penalty", type=float, default=0.05)
     parser.add_argument("--minilm-lr", type=float, default=1e-2)
+    parser.add_argument("--minilm-all-steps", type=int, default=300, help="MiniLM, all weights trained: steps")
+    parser.add_argument("--minilm-all-lr", type=float, default=5e-5)
+    parser.add_argument("--stream-penalty", type=float, default=0.05,
+                        help="MiniLM, all weights trained: weight of the log residual-stream kurtosis penalty")
     parser.add_argument("--skip-minilm", action="store_true")
     parser.add_argument("--minilm-only", action="store_true",
                         help="rerun part 2 only and replace its section in the existing outliers.json / .md")
@@ -769,6 +839,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.quick:
         args.steps, args.train, args.held, args.calib, args.minilm_steps, args.check_every = 20, 600, 64, 32, 5, 10
+        args.minilm_all_steps = 3
     import torch
 
     torch.set_num_threads(args.threads)
@@ -777,9 +848,10 @@ def main() -> int:
         report = json.loads((args.out / "outliers.json").read_text())
         earlier = report.get("minilm") or []
         run = minilm_part(args.minilm_steps, args.minilm_lr, 4 * args.calib, args.held // 2, 64, args.penalty,
-                          args.seed)
+                          args.seed, args.minilm_all_steps, args.minilm_all_lr, args.stream_penalty)
         run["machine"] = _common.machine_info()
-        report["minilm"] = [*(earlier if isinstance(earlier, list) else [earlier]), run]
+        report["minilm"] = [*({**m, "earlier": True} for m in (earlier if isinstance(earlier, list) else [earlier])),
+                            run]
         _common.write_json(args.out / "outliers.json", report)
         _common.write_atomic(args.out / "outliers.md", markdown(report))
         print(markdown(report))
@@ -842,7 +914,8 @@ def main() -> int:
                             for m in (earlier if isinstance(earlier, list) else [earlier])]
     if not args.skip_minilm:
         report["minilm"] = [minilm_part(args.minilm_steps, args.minilm_lr, 4 * args.calib, args.held // 2, 64,
-                                        args.penalty, args.seed)]
+                                        args.penalty, args.seed, args.minilm_all_steps, args.minilm_all_lr,
+                                        args.stream_penalty)]
     report["seconds"] = _common.elapsed()
     if args.quick:
         print(markdown(report))
