@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import onnx_ir as ir
@@ -97,32 +98,59 @@ def _head_columns(group: HeadGroup, linear: Linear, section: str) -> np.ndarray:
 def head_scores(model: ir.Model, groups: Sequence[HeadGroup], method: str,
                 feeds: Mapping[str, np.ndarray] | None, seed: int) -> dict[int, np.ndarray]:
     """Per prunable group index, a score for each unit (head, or KV group with its query heads)."""
-    live = [g for g in groups if g.reason is None]
+
+    def owned(g: HeadGroup) -> list[np.ndarray]:
+        assert g.q is not None and g.k is not None and g.v is not None and g.o is not None
+        return [_head_columns(g, g.q, "q"), _head_columns(g, g.k, "k"), _head_columns(g, g.v, "v"), _columns(g.o)]
+
+    def head_norms(g: HeadGroup, x: np.ndarray) -> np.ndarray:
+        return np.linalg.norm(x.reshape(len(x), g.heads, g.head_size), axis=-1).sum(axis=0)
+
+    return _unit_scores(model, [g for g in groups if g.reason is None], method, feeds, seed,
+                        owned=owned, reader=lambda g: g.o, activation=head_norms)
+
+
+def mlp_scores(model: ir.Model, groups: Sequence[MlpGroup], method: str,
+               feeds: Mapping[str, np.ndarray] | None, seed: int) -> dict[int, np.ndarray]:
+    """Per prunable MLP index, a score for each hidden neuron."""
+
+    def owned(g: MlpGroup) -> list[np.ndarray]:
+        assert g.up is not None and g.down is not None
+        return [_rows(g.up), *([_rows(g.gate)] if g.gate is not None else []), _columns(g.down)]
+
+    return _unit_scores(model, [g for g in groups if g.reason is None], method, feeds, seed,
+                        owned=owned, reader=lambda g: g.down, activation=lambda g, x: np.abs(x).sum(axis=0))
+
+
+def _columns(linear: Linear) -> np.ndarray:
+    """``W`` as ``[in, out]`` regardless of storage: the rows each input channel owns."""
+    return linear.weight if linear.out_axis == 1 else linear.weight.T
+
+
+def _unit_scores(model: ir.Model, live: Sequence[HeadGroup] | Sequence[MlpGroup], method: str,
+                 feeds: Mapping[str, np.ndarray] | None, seed: int, *,
+                 owned: Callable[[Any], list[np.ndarray]], reader: Callable[[Any], Linear | None],
+                 activation: Callable[[Any, np.ndarray], np.ndarray]) -> dict[int, np.ndarray]:
+    """Scores of each group's units by ``method``. ``owned(g)``: the weights its units own, each as
+    ``[units * k, ...]`` row blocks; ``reader(g)``: the projection reading the units' outputs (its
+    input is what ``activation`` and ``wanda`` measure); ``activation(g, x)``: the per-channel
+    activation sums of ``[tokens, channels]`` activations ``x`` (channels summed per unit afterwards)."""
     if method == "random":
         rng = np.random.default_rng(seed)
         return {g.index: rng.random(g.units) for g in live}
     if method == "magnitude":
-        scores = {}
-        for g in live:
-            assert g.q is not None and g.k is not None and g.v is not None and g.o is not None
-            total = _unit_norm(_head_columns(g, g.q, "q"), g.units)
-            total = total + _unit_norm(_head_columns(g, g.k, "k"), g.units)
-            total = total + _unit_norm(_head_columns(g, g.v, "v"), g.units)
-            total = total + _unit_norm(g.o.weight if g.o.out_axis == 1 else g.o.weight.T, g.units)
-            scores[g.index] = np.sqrt(total)
-        return scores
+        return {g.index: np.sqrt(sum(_unit_norm(w, g.units) for w in owned(g))) for g in live}
     data = _need_feeds(method, feeds)
     jobs: dict[str, tuple[Sequence[str], _Reducer]] = {}
     for g in live:
-        assert g.o is not None
-        source = g.o.node.inputs[0]
+        projection = reader(g)
+        assert projection is not None
+        source = projection.node.inputs[0]
         name = source.name if source is not None and source.name else ""
         if method == "activation":
-            def head_norms(arrays: list[np.ndarray], g: HeadGroup = g) -> np.ndarray:
-                x = arrays[0]
-                norms = np.linalg.norm(x.reshape(len(x), g.heads, g.head_size), axis=-1).sum(axis=0)
-                return np.concatenate([norms, [len(x)]])
-            jobs[str(g.index)] = ([name], head_norms)
+            def reduce(arrays: list[np.ndarray], g: Any = g) -> np.ndarray:
+                return np.concatenate([activation(g, arrays[0]), [len(arrays[0])]])
+            jobs[str(g.index)] = ([name], reduce)
         else:
             jobs[str(g.index)] = ([name], lambda arrays: np.square(arrays[0]).sum(axis=0))
     totals = _collect(model, data, jobs)
@@ -130,53 +158,12 @@ def head_scores(model: ir.Model, groups: Sequence[HeadGroup], method: str,
     for g in live:
         total = totals[str(g.index)]
         if method == "activation":
-            per_head = total[:-1] / max(total[-1], 1.0)
-            scores[g.index] = per_head.reshape(g.units, -1).sum(axis=1)
+            per_channel = total[:-1] / max(total[-1], 1.0)
         else:
-            assert g.o is not None
-            w = np.abs(g.o.weight if g.o.out_axis == 1 else g.o.weight.T).astype(np.float64)  # [in, out]
-            per_row = w.sum(axis=1) * np.sqrt(total)
-            scores[g.index] = per_row.reshape(g.units, -1).sum(axis=1)
-    return scores
-
-
-def mlp_scores(model: ir.Model, groups: Sequence[MlpGroup], method: str,
-               feeds: Mapping[str, np.ndarray] | None, seed: int) -> dict[int, np.ndarray]:
-    """Per prunable MLP index, a score for each hidden neuron."""
-    live = [g for g in groups if g.reason is None]
-    if method == "random":
-        rng = np.random.default_rng(seed)
-        return {g.index: rng.random(g.units) for g in live}
-    if method == "magnitude":
-        scores = {}
-        for g in live:
-            assert g.up is not None and g.down is not None
-            total = _unit_norm(_rows(g.up), g.units)
-            if g.gate is not None:
-                total = total + _unit_norm(_rows(g.gate), g.units)
-            total = total + _unit_norm(g.down.weight if g.down.out_axis == 1 else g.down.weight.T, g.units)
-            scores[g.index] = np.sqrt(total)
-        return scores
-    data = _need_feeds(method, feeds)
-    jobs: dict[str, tuple[Sequence[str], _Reducer]] = {}
-    for g in live:
-        assert g.down is not None
-        source = g.down.node.inputs[0]
-        name = source.name if source is not None and source.name else ""
-        if method == "activation":
-            jobs[str(g.index)] = ([name], lambda a: np.concatenate([np.abs(a[0]).sum(axis=0), [len(a[0])]]))
-        else:
-            jobs[str(g.index)] = ([name], lambda a: np.square(a[0]).sum(axis=0))
-    totals = _collect(model, data, jobs)
-    scores = {}
-    for g in live:
-        total = totals[str(g.index)]
-        if method == "activation":
-            scores[g.index] = total[:-1] / max(total[-1], 1.0)
-        else:
-            assert g.down is not None
-            w = np.abs(g.down.weight if g.down.out_axis == 1 else g.down.weight.T).astype(np.float64)
-            scores[g.index] = w.sum(axis=1) * np.sqrt(total)
+            projection = reader(g)
+            assert projection is not None
+            per_channel = np.abs(_columns(projection)).astype(np.float64).sum(axis=1) * np.sqrt(total)
+        scores[g.index] = per_channel.reshape(g.units, -1).sum(axis=1)
     return scores
 
 
