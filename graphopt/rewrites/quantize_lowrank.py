@@ -28,7 +28,7 @@ from graphopt.rewrites.quantize_weights import (
     _add_initializer,
     emit_weight,
     find_weights,
-    opset_problem,
+    opset_ready,
     raise_opset,
     record_quantization,
     replace_weight,
@@ -94,11 +94,7 @@ class QuantizeLowRankPass(GraphoptPass[QuantizeLowRankSettings]):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         s = self.settings
         candidates = find_weights(model, self.skip_reason, pass_name=self.name)
-        if not candidates:
-            return ir.passes.PassResult(model, False)
-        problem = opset_problem(model)
-        if problem is not None:
-            logger.warning("%s: left the model unchanged: %s", self.name, problem)
+        if not candidates or not opset_ready(model, self.name):
             return ir.passes.PassResult(model, False)
         stats = {}
         if s.calibration:

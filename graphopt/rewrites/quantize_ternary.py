@@ -23,7 +23,7 @@ from graphopt.rewrites.quantize_weights import (
     QuantizedWeight,
     emit_weight,
     find_weights,
-    opset_problem,
+    opset_ready,
     raise_opset,
     record_quantization,
     replace_weight,
@@ -83,11 +83,7 @@ class QuantizeTernaryPass(GraphoptPass[QuantizeTernarySettings]):
         s = self.settings
         candidates = find_weights(model, lambda w: weight_skip_reason(w, s.min_elements, s.exclude),
                                   pass_name=self.name)
-        if not candidates:
-            return ir.passes.PassResult(model, False)
-        problem = opset_problem(model)
-        if problem is not None:
-            logger.warning("%s: left the model unchanged: %s", self.name, problem)
+        if not candidates or not opset_ready(model, self.name):
             return ir.passes.PassResult(model, False)
         raise_opset(model)
         details = {}

@@ -57,6 +57,7 @@ __all__ = [
     "emit_weight",
     "find_weights",
     "opset_problem",
+    "opset_ready",
     "quantize_blockwise",
     "raise_opset",
     "record_quantization",
@@ -209,11 +210,7 @@ class QuantizeWeightsPass(GraphoptPass[QuantizeWeightsSettings]):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
         candidates = self.candidates(model)
-        if not candidates:
-            return ir.passes.PassResult(model, False)
-        problem = opset_problem(model)
-        if problem is not None:
-            logger.warning("%s: left the model unchanged: %s", self.name, problem)
+        if not candidates or not opset_ready(model, self.name):
             return ir.passes.PassResult(model, False)
         stats = self.input_stats(model, candidates)
         bits = self.plan_bits(candidates, stats)
@@ -499,6 +496,15 @@ def _gather_table(node: ir.Node) -> int | None:
     if node.op_type == "Gather" and node.domain in ("", "ai.onnx") and node.attributes.get_int("axis", 0) == 0:
         return 0
     return None
+
+
+def opset_ready(model: ir.Model, pass_name: str) -> bool:
+    """Whether ``model`` can take blocked DequantizeLinear; if not, says why (a warning) and the pass
+    leaves the model unchanged."""
+    problem = opset_problem(model)
+    if problem is not None:
+        logger.warning("%s: left the model unchanged: %s", pass_name, problem)
+    return problem is None
 
 
 def opset_problem(model: ir.Model) -> str | None:
