@@ -79,6 +79,12 @@ class SettingInfo:
 class PassSettings:
     """Base class of every pass's settings. Subclasses add fields with :func:`setting`."""
 
+    def __post_init__(self) -> None:
+        # Recipes (JSON / YAML) give lists where a setting's default is a tuple.
+        for field in dataclasses.fields(self):  # type: ignore[arg-type]
+            if isinstance(field.default, tuple) and isinstance(getattr(self, field.name), list):
+                object.__setattr__(self, field.name, tuple(getattr(self, field.name)))
+
     def validate(self) -> None:
         """Raise :class:`UsageError` for values out of range. Subclasses override."""
 

@@ -114,3 +114,11 @@ class _BreakOutputsPass(GraphoptPass[PassSettings]):
             if node.op_type == "Relu":
                 node.op_type = "Sigmoid"
         return ir.passes.PassResult(model, True)
+
+
+def test_list_settings_from_recipes_become_tuples() -> None:
+    """JSON / YAML recipes give lists; every tuple-valued setting is stored as a tuple (settings stay hashable)."""
+    settings = create_pass("quantize-mixed", {"choices": [2, 4], "exclude": ["lm_head"]}).settings
+    assert settings.choices == (2, 4) and settings.exclude == ("lm_head",)
+    assert create_pass("quantize-float", {"keep_fp32": ["Softmax"]}).settings.keep_fp32 == ("Softmax",)
+    hash(settings)

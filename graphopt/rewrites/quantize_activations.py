@@ -257,10 +257,6 @@ class QuantizeActivationsSettings(PassSettings):
                              "LayerNormalization / SkipLayerNorm, per tensor, as in the paper's W8A8",
                              search=(False, True))
 
-    def __post_init__(self) -> None:
-        if isinstance(self.exclude, list):
-            object.__setattr__(self, "exclude", tuple(self.exclude))
-
     def validate(self) -> None:
         if self.method not in METHODS:
             raise UsageError(f"quantize-activations: method must be one of {', '.join(METHODS)}, not {self.method!r}")

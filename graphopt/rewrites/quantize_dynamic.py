@@ -43,10 +43,6 @@ class QuantizeDynamicSettings(PassSettings):
     min_elements: int = setting(0, "leave weights with fewer elements in float")
     embeddings: bool = setting(True, "also store Gather tables (embeddings) of >= 65536 elements as int8 per column")
 
-    def __post_init__(self) -> None:
-        if isinstance(self.exclude, list):
-            object.__setattr__(self, "exclude", tuple(self.exclude))
-
     def validate(self) -> None:
         if self.form not in _FORMS:
             raise UsageError(f"quantize-dynamic: form must be one of {', '.join(_FORMS)}, not {self.form!r}")

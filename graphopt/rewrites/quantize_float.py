@@ -70,10 +70,6 @@ class QuantizeFloatSettings(PassSettings):
     keep_fp32: tuple[str, ...] = setting(_SENSITIVE, "op types that keep computing in float32")
     min_elements: int = setting(0, "compute=false: leave initializers with fewer elements in float32")
 
-    def __post_init__(self) -> None:
-        if isinstance(self.keep_fp32, list):
-            object.__setattr__(self, "keep_fp32", tuple(self.keep_fp32))
-
     def validate(self) -> None:
         if self.dtype not in _DTYPES:
             raise UsageError(f"quantize-float: dtype must be float16 or bfloat16, not {self.dtype!r}")
@@ -225,10 +221,6 @@ class QuantizeFp8Settings(PassSettings):
     min_elements: int = setting(4096, "leave weights with fewer elements in float")
     exclude: tuple[str, ...] = setting((), "leave weights whose initializer name contains any of these strings")
     embeddings: bool = setting(False, "also quantize Gather tables (one scale per row)")
-
-    def __post_init__(self) -> None:
-        if isinstance(self.exclude, list):
-            object.__setattr__(self, "exclude", tuple(self.exclude))
 
     def validate(self) -> None:
         if self.min_elements < 0:

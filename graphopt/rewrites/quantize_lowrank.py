@@ -53,10 +53,6 @@ class QuantizeLowRankSettings(PassSettings):
     min_elements: int = setting(4096, "leave weights with fewer elements in float")
     exclude: tuple[str, ...] = setting((), "leave weights whose initializer name contains any of these strings")
 
-    def __post_init__(self) -> None:
-        if isinstance(self.exclude, list):
-            object.__setattr__(self, "exclude", tuple(self.exclude))
-
     def validate(self) -> None:
         name = "quantize-lowrank"
         if self.bits not in SUPPORTED_BITS:

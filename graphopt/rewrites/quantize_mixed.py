@@ -35,11 +35,6 @@ class QuantizeMixedSettings(QuantizeWeightsSettings):
     average_bits: float = setting(3.0, "average bits per quantized weight (the budget)", search=(2.5, 3.0, 3.5, 4.0))
     choices: tuple[int, ...] = setting((2, 3, 4, 8), "bit widths a weight may get")
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if isinstance(self.choices, list):
-            object.__setattr__(self, "choices", tuple(self.choices))
-
     def validate(self) -> None:
         super().validate()
         if not self.choices or any(c not in SUPPORTED_BITS for c in self.choices):

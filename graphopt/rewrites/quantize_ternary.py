@@ -56,10 +56,6 @@ class QuantizeTernarySettings(PassSettings):
     min_elements: int = setting(4096, "leave weights with fewer elements in float")
     exclude: tuple[str, ...] = setting((), "leave weights whose initializer name contains any of these strings")
 
-    def __post_init__(self) -> None:
-        if isinstance(self.exclude, list):
-            object.__setattr__(self, "exclude", tuple(self.exclude))
-
     def validate(self) -> None:
         if self.scale not in ("absmean", "median"):
             raise UsageError(f"quantize-ternary: scale must be absmean or median, not {self.scale!r}")

@@ -120,10 +120,6 @@ class QuantizeWeightsSettings(PassSettings):
     clip_search: bool = setting(False, "shrink each block's range where that lowers the (activation-weighted) error")
     embeddings: bool = setting(False, "also quantize Gather tables [V, D] (RTN, blocks along D, axis=1)")
 
-    def __post_init__(self) -> None:
-        if isinstance(self.exclude, list):  # recipes (JSON / YAML) give lists
-            object.__setattr__(self, "exclude", tuple(self.exclude))
-
     def validate(self) -> None:
         name = "quantize-weights"
         if self.bits not in SUPPORTED_BITS:

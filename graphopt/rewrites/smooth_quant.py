@@ -60,10 +60,6 @@ class SmoothQuantSettings(PassSettings):
     max_abs: float = setting(1e6, "calibration ignores values with |x| above this")
     exclude: tuple[str, ...] = setting((), "node or weight names left alone")
 
-    def __post_init__(self) -> None:
-        if isinstance(self.exclude, list):
-            object.__setattr__(self, "exclude", tuple(self.exclude))
-
     def validate(self) -> None:
         if not 0 <= self.alpha <= 1:
             raise UsageError(f"smooth-quant: alpha must lie in [0, 1], not {self.alpha}")
