@@ -124,7 +124,7 @@ class _Unprunable(Exception):
 
 def analyze(model: ir.Model) -> PruneAnalysis:
     """Group the tensors of ``model`` that structured pruning must change together."""
-    summary = summarize(model, shapes=_small_shapes(model))
+    summary = summarize(model, shapes=small_input_shapes(model))
     nodes = {n.name: n for n in model.graph if n.name}
     flow = _flow_graph(model.graph)
     heads = [_head_group(i, b, nodes, flow, model.graph) for i, b in enumerate(summary.attention_blocks)]
@@ -133,12 +133,13 @@ def analyze(model: ir.Model) -> PruneAnalysis:
     return PruneAnalysis(heads, mlps, layers)
 
 
-def _small_shapes(model: ir.Model) -> dict[str, tuple[int, ...]]:
-    """Batch 1 and 16 for other dynamic dims: small enough for any position-embedding table."""
+def small_input_shapes(model: ir.Model, other: int = 16) -> dict[str, tuple[int, ...]]:
+    """Concrete input shapes: batch 1 and ``other`` for other dynamic dims (16 is small enough for any
+    position-embedding table)."""
     shapes = {}
     for spec in input_specs(model):
         if spec.shape is not None:
-            shapes[spec.name] = tuple(d if isinstance(d, int) and d > 0 else (1 if i == 0 else 16)
+            shapes[spec.name] = tuple(d if isinstance(d, int) and d > 0 else (1 if i == 0 else other)
                                       for i, d in enumerate(spec.shape))
     return shapes
 

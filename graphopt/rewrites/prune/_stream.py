@@ -76,14 +76,9 @@ def _value_shapes(model: ir.Model) -> dict[str, tuple[int, ...]]:
     """Concrete shapes (batch 1, other dynamic dims 7) by value name, from a private copy of the model."""
     from graphopt.analysis import concrete_copy
     from graphopt.analysis._shapes import static_shape
-    from graphopt.feeds import input_specs
+    from graphopt.rewrites.prune._dependency import small_input_shapes
 
-    fixed = {}
-    for spec in input_specs(model):
-        if spec.shape is not None:
-            fixed[spec.name] = tuple(d if isinstance(d, int) and d > 0 else (1 if i == 0 else 7)
-                                     for i, d in enumerate(spec.shape))
-    work = concrete_copy(model, fixed).model
+    work = concrete_copy(model, small_input_shapes(model, other=7)).model
     out: dict[str, tuple[int, ...]] = {}
     for value in [*work.graph.inputs, *work.graph.initializers.values()]:
         shape = static_shape(value)
