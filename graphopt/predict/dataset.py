@@ -26,7 +26,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from collections.abc import Hashable, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ import numpy as np
 import onnx_ir as ir
 
 from graphopt.errors import InputError, UsageError
+from graphopt.predict._cache import write_cache_file
 
 __all__ = ["FEATURE_GROUPS", "FeatureSpec", "Featurizer", "Labels", "load_labels"]
 
@@ -318,18 +318,8 @@ def _read_json(path: Path) -> Any:
 
 
 def _write_json(path: Path, record: dict[str, Any]) -> None:
-    """Write ``record`` atomically (temp file + rename); a cache that cannot be written is skipped."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    except OSError:
-        return
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(record, handle)
-        os.replace(tmp, path)
-    except OSError:
-        Path(tmp).unlink(missing_ok=True)
+    """Write ``record`` atomically; a cache that cannot be written is skipped."""
+    write_cache_file(path, lambda handle: json.dump(record, handle))
 
 
 def _read_cached(path: Path) -> _GraphInfo | None:

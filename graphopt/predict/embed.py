@@ -20,7 +20,6 @@ import collections
 import hashlib
 import os
 import re
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from graphopt.errors import UsageError
+from graphopt.predict._cache import write_cache_file
 
 __all__ = ["POOLINGS", "TextEmbedder", "normalize_line"]
 
@@ -169,11 +169,4 @@ class TextEmbedder:
         path = self._path(key)
         if path is None:
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                np.save(handle, vector)
-            os.replace(tmp, path)
-        except OSError:
-            Path(tmp).unlink(missing_ok=True)
+        write_cache_file(path, lambda handle: np.save(handle, vector), binary=True)
